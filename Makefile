@@ -1,0 +1,28 @@
+# The two quick-start commands: `make demo` and `make test`. Each creates the
+# virtual environment on first use and installs the project into it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: demo test test-slow clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[experiments,serving,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/keras-ntk demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+# pytest exits 5 when no test carries the marker: nothing slow to run is no failure.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow -q || [ $$? -eq 5 ]
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,40 @@
+"""Import TensorFlow without its C++ start-up noise on machines without a GPU.
+
+TensorFlow writes "Could not find cuda drivers", oneDNN and cuInit lines straight
+to file descriptor 2 before its logging is configured, so TF_CPP_MIN_LOG_LEVEL
+cannot hide them. While TensorFlow, Keras and TFP are first imported (and the
+devices are enumerated) descriptor 2 points at /dev/null; Python exceptions are
+unaffected because they are printed after it is restored. Set
+KERAS_NTK_SHOW_TF_STARTUP=1 to see those lines.
+"""
+
+import contextlib
+import os
+import sys
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_tensorflow_quietly():
+    """Import tensorflow, keras and tensorflow_probability once, quietly."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules or os.environ.get("KERAS_NTK_SHOW_TF_STARTUP"):
+        return
+    with _stderr_to_devnull():
+        import keras  # noqa: F401
+        import tensorflow as tf
+        import tensorflow_probability  # noqa: F401
+
+        tf.config.list_physical_devices()

@@ -1,0 +1,75 @@
+"""TensorFlow Probability `PositiveSemidefiniteKernel`s backed by keras-ntk kernels."""
+
+import math
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from keras_ntk.ntk import infinite
+
+
+class InfiniteWidthKernel(tfp.math.psd_kernels.AutoCompositeTensorPsdKernel):
+    """The analytic infinite-width NTK or NNGP as a TFP kernel.
+
+    Plugs into `tfp.distributions.GaussianProcess` and
+    `GaussianProcessRegressionModel`. Inputs have shape (..., examples, d) with
+    `feature_ndims=1`; computations are float64.
+
+    Args:
+      depth, activation, w_std, b_std, kind: as `keras_ntk.infinite_width_kernel`.
+    """
+
+    def __init__(
+        self,
+        depth,
+        activation="relu",
+        w_std=math.sqrt(2.0),
+        b_std=0.1,
+        kind="ntk",
+        validate_args=False,
+        name="InfiniteWidthKernel",
+    ):
+        parameters = dict(locals())
+        infinite.check_arguments(depth, activation, w_std, b_std, kind)
+        self._depth = depth
+        self._activation = activation
+        self._w_std = float(w_std)
+        self._b_std = float(b_std)
+        self._kind = kind
+        super().__init__(
+            feature_ndims=1,
+            dtype=tf.float64,
+            name=name,
+            validate_args=validate_args,
+            parameters=parameters,
+        )
+
+    @classmethod
+    def _parameter_properties(cls, dtype):
+        return {}
+
+    def _recursion(self, k11, k12, k22):
+        return infinite.kernel_from_dot_products(
+            k11,
+            k12,
+            k22,
+            depth=self._depth,
+            activation=self._activation,
+            w_std=self._w_std,
+            b_std=self._b_std,
+            kind=self._kind,
+        )
+
+    def _apply(self, x1, x2, example_ndims=0):
+        d = tf.cast(tf.shape(x1)[-1], tf.float64)
+        k11 = tf.reduce_sum(x1 * x1, axis=-1) / d
+        k22 = tf.reduce_sum(x2 * x2, axis=-1) / d
+        k12 = tf.reduce_sum(x1 * x2, axis=-1) / d
+        return self._recursion(k11, k12, k22)
+
+    def _matrix(self, x1, x2):
+        d = tf.cast(tf.shape(x1)[-1], tf.float64)
+        k11 = tf.reduce_sum(x1 * x1, axis=-1)[..., :, None] / d
+        k22 = tf.reduce_sum(x2 * x2, axis=-1)[..., None, :] / d
+        k12 = tf.matmul(x1, x2, transpose_b=True) / d
+        return self._recursion(k11, k12, k22)
