@@ -3,17 +3,39 @@
 Public API:
   keras_ntk.layers        Dense, Conv2D in NTK or standard parametrization
   keras_ntk.models        mlp, cnn, wide_resnet builders
+  empirical_ntk, NTK      empirical NTK of any Keras model, (N, M, K, K) or reduced
+  ntk_vector_product      matrix-free Theta(x, x) v
   infinite_width_kernel   analytic infinite-width NTK / NNGP, (N, M) float64
   InfiniteWidthKernel     the same as a TFP PositiveSemidefiniteKernel
 """
 
-from keras_ntk._tf_quiet import import_tensorflow_quietly
+from keras_ntk._tf_quiet import filter_own_tracing_warnings, import_tensorflow_quietly
 
 import_tensorflow_quietly()
+filter_own_tracing_warnings()
 
 from keras_ntk import layers, models  # noqa: E402
-from keras_ntk.ntk import InfiniteWidthKernel, infinite_width_kernel  # noqa: E402
+from keras_ntk.ntk import (  # noqa: E402
+    NTK,
+    EmpiricalNTKKernel,
+    InfiniteWidthKernel,
+    NTKMemoryError,
+    empirical_ntk,
+    infinite_width_kernel,
+    ntk_vector_product,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["InfiniteWidthKernel", "infinite_width_kernel", "layers", "models", "__version__"]
+__all__ = [
+    "NTK",
+    "NTKMemoryError",
+    "EmpiricalNTKKernel",
+    "InfiniteWidthKernel",
+    "empirical_ntk",
+    "infinite_width_kernel",
+    "ntk_vector_product",
+    "layers",
+    "models",
+    "__version__",
+]

@@ -38,3 +38,25 @@ def import_tensorflow_quietly():
         import tensorflow_probability  # noqa: F401
 
         tf.config.list_physical_devices()
+
+
+class _OwnTracingNoise:
+    """Logging filter for TF warnings about keras_ntk's own compiled functions.
+
+    Each NTK / FeatureMap compiles its own closures and traces them once per
+    input shape; TF counts traces per code location across instances and warns
+    about "retracing". pfor's "uses a while_loop. Fix that!" notes address TF's
+    developers. Neither is actionable for a user; other warnings pass.
+    """
+
+    def filter(self, record):
+        message = record.getMessage()
+        if "triggered tf.function retracing" in message:
+            return "FeatureMap" not in message and "NTK." not in message
+        return "uses a while_loop. Fix that!" not in message
+
+
+def filter_own_tracing_warnings():
+    import tensorflow as tf
+
+    tf.get_logger().addFilter(_OwnTracingNoise())

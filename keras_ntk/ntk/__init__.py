@@ -1,6 +1,17 @@
-"""Neural tangent kernels of Keras models: empirical and infinite-width."""
+"""Neural tangent kernels of Keras models: empirical (tiled, structured) and infinite-width."""
 
+from keras_ntk.ntk.empirical import NTK, empirical_ntk
 from keras_ntk.ntk.infinite import infinite_width_kernel
-from keras_ntk.ntk.tfp_kernels import InfiniteWidthKernel
+from keras_ntk.ntk.memory import NTKMemoryError
+from keras_ntk.ntk.tfp_kernels import EmpiricalNTKKernel, InfiniteWidthKernel
+from keras_ntk.ntk.vector_products import ntk_vector_product
 
-__all__ = ["InfiniteWidthKernel", "infinite_width_kernel"]
+__all__ = [
+    "NTK",
+    "NTKMemoryError",
+    "EmpiricalNTKKernel",
+    "InfiniteWidthKernel",
+    "empirical_ntk",
+    "infinite_width_kernel",
+    "ntk_vector_product",
+]

@@ -73,3 +73,48 @@ class InfiniteWidthKernel(tfp.math.psd_kernels.AutoCompositeTensorPsdKernel):
         k22 = tf.reduce_sum(x2 * x2, axis=-1)[..., None, :] / d
         k12 = tf.matmul(x1, x2, transpose_b=True) / d
         return self._recursion(k11, k12, k22)
+
+
+class EmpiricalNTKKernel(tfp.math.psd_kernels.PositiveSemidefiniteKernel):
+    """The empirical NTK of a Keras model as a TFP kernel (eager mode).
+
+    k(x, x') = mean_k Theta(x, x')[k, k], the "trace" output of
+    `keras_ntk.empirical_ntk`, in float64: the per-output kernel for GP models
+    with independent outputs. Inputs have shape (examples, *model input shape);
+    feature_ndims is the rank of one model input. The kernel is evaluated by
+    the tiled engine on the host, so it runs eagerly, not inside tf.function.
+
+    Args:
+      model: a built Keras model with one output.
+      scale: multiplies the kernel (e.g. 1 / prior precision).
+      **ntk_kwargs: method, memory_budget, progress for `keras_ntk.NTK`.
+    """
+
+    def __init__(self, model, scale=1.0, name="EmpiricalNTKKernel", **ntk_kwargs):
+        parameters = dict(locals())
+        from keras_ntk.ntk.empirical import NTK
+
+        self._ntk = NTK(model, output="trace", dtype=tf.float64, **ntk_kwargs)
+        self._scale = float(scale)
+        super().__init__(
+            feature_ndims=len(model.input_shape) - 1,
+            dtype=tf.float64,
+            name=name,
+            parameters=parameters,
+        )
+
+    @classmethod
+    def _parameter_properties(cls, dtype):
+        return {}
+
+    def _matrix(self, x1, x2):
+        return self._scale * self._ntk(x1.numpy(), x2.numpy())
+
+    def _apply(self, x1, x2, example_ndims=0):
+        shape = tf.broadcast_static_shape(x1.shape, x2.shape)
+        a, b = tf.broadcast_to(x1, shape), tf.broadcast_to(x2, shape)
+        features = a.shape[a.shape.rank - self.feature_ndims :]
+        flat_a = tf.reshape(a, (-1, *features)).numpy()
+        flat_b = tf.reshape(b, (-1, *features)).numpy()
+        values = tf.linalg.diag_part(self._ntk(flat_a, flat_b))
+        return self._scale * tf.reshape(values, a.shape[: a.shape.rank - self.feature_ndims])

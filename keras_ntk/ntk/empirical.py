@@ -1,0 +1,332 @@
+"""The empirical NTK of a Keras model, tiled to a memory budget.
+
+Theta(x, x') = J(x) J(x')^T with J = df/dtheta over the trainable variables,
+K x K per pair of examples. Output modes (contract.py): "full" (N, M, K, K),
+"trace" (N, M) = mean over the K diagonal output pairs (comparable with the
+per-output infinite-width kernel), "diagonal" (N, K, K) = each x1 with itself.
+"""
+
+import contextlib
+import math
+import weakref
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_ntk.ntk import contract as contract_lib
+from keras_ntk.ntk import features as features_lib
+from keras_ntk.ntk import memory
+from keras_ntk.ntk import rules as rules_lib
+from keras_ntk.ntk import vector_products
+
+METHODS = ("auto", "structured", "jacobian", "ntk_vp")
+
+
+def _devices():
+    """Devices that share the tiles: all GPUs, else several logical CPUs, else default."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        return [d.name for d in gpus]
+    cpus = tf.config.list_logical_devices("CPU")
+    return [d.name for d in cpus] if len(cpus) > 1 else [None]
+
+
+def _on(device):
+    return tf.device(device) if device else contextlib.nullcontext()
+
+
+class NTK:
+    """Empirical NTK of `model`, compiled once and called on many batches.
+
+    Args:
+      model: a built Keras model with one output tensor (K = flattened size).
+      output: "full" | "trace" | "diagonal" (see module docstring).
+      method: "auto" (= "structured"), "structured" (per-layer rules for Dense
+        and Conv2D, keras_ntk's and Keras', Jacobians for other parameters),
+        "jacobian" (per-example Jacobians of all parameters) or "ntk_vp"
+        (NTK-vector products with basis vectors; no Jacobian stored).
+      memory_budget: bytes the call may use, result included; default half the
+        available memory (or KERAS_NTK_MEMORY_BUDGET).
+      per_layer: return a dict layer path -> kernel whose values sum to the total.
+      dtype: dtype of the kernel (default float32); contractions run in it.
+      progress: show a progress bar over tiles (None: when there are 8 or more).
+
+    Calling it with x1 (N, ...) and optional x2 (M, ...) returns a tf.Tensor
+    (or dict of them). x2=None uses the symmetry Theta(x, x') = Theta(x', x)^T.
+    The model runs in inference mode (training=False); only trainable
+    variables are parameters.
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        output="full",
+        method="auto",
+        memory_budget=None,
+        per_layer=False,
+        dtype=None,
+        progress=None,
+    ):
+        if output not in contract_lib.OUTPUTS:
+            raise ValueError(f"output must be one of {contract_lib.OUTPUTS}, got {output!r}.")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+        if per_layer and method == "ntk_vp":
+            raise ValueError("per_layer=True needs method 'structured' or 'jacobian', not 'ntk_vp'.")
+        if memory_budget is not None and not memory_budget > 0:
+            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}.")
+        self.model = model
+        self.output = output
+        self.method = "structured" if method == "auto" else method
+        self.memory_budget = memory_budget
+        self.per_layer = per_layer
+        self.dtype = tf.as_dtype(dtype or tf.float32)
+        if not self.dtype.is_floating:
+            raise ValueError(f"dtype must be a floating dtype, got {self.dtype.name}.")
+        self.progress = progress
+        self._features = None
+        self._contract = tf.function(
+            lambda f1, f2: contract_lib.contract(
+                self._features.groups, f1, f2, self.output, self.dtype, self.per_layer
+            ),
+            reduce_retracing=True,
+        )
+        self._vp_block = tf.function(
+            lambda a, b: vector_products.kernel_block(model, a, b), reduce_retracing=True
+        )
+
+    # -- inputs ---------------------------------------------------------------
+    def _as_inputs(self, x, what):
+        dtype = self.model.inputs[0].dtype if getattr(self.model, "inputs", None) else "float32"
+        x = np.asarray(x, dtype=dtype)
+        expected = tuple(self.model.input_shape) if getattr(self.model, "inputs", None) else None
+        if expected is not None and (
+            x.ndim != len(expected)
+            or any(e is not None and e != s for e, s in zip(expected[1:], x.shape[1:]))
+        ):
+            raise ValueError(
+                f"{what} must have shape (examples, {', '.join(map(str, expected[1:]))}) "
+                f"to match the model's input, got {x.shape}."
+            )
+        if x.shape[0] == 0:
+            raise ValueError(f"{what} has no examples.")
+        if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+            raise ValueError(f"{what} contains NaN or Inf.")
+        return x
+
+    def _prepare(self, x):
+        if self._features is not None or self.method == "ntk_vp":
+            if self.method == "ntk_vp" and self._features is None:
+                self._check_independent_examples(x)
+                self._num_outputs = int(rules_lib.flat_outputs(self.model, x[:1]).shape[1])
+                self._features = False
+            return
+        self._check_independent_examples(x)
+        self._features = features_lib.FeatureMap(self.model, self.method, x[:1])
+        self._num_outputs = self._features.num_outputs
+
+    def _check_independent_examples(self, x):
+        """Raise ValueError when one example's output depends on another example."""
+        if x.shape[0] < 2 or not np.issubdtype(x.dtype, np.floating):
+            return
+        pair = x[:2]
+        changed = np.concatenate([pair[:1] * 0.5 + 1.0, pair[1:]])
+        before = rules_lib.flat_outputs(self.model, pair)[1].numpy()
+        after = rules_lib.flat_outputs(self.model, changed)[1].numpy()
+        if not np.allclose(before, after, rtol=1e-4, atol=1e-5 * (1 + np.abs(before).max())):
+            raise ValueError(
+                "The model's output for one example depends on the other examples of the "
+                "batch (for example BatchNormalization called in training mode, or a layer "
+                "that mixes the batch), so the per-example NTK is not defined. Use layers "
+                "that keep examples independent (LayerNorm, or BatchNorm in inference mode)."
+            )
+
+    # -- planning -------------------------------------------------------------
+    def _result_entries(self, n, m):
+        k = self._num_outputs
+        return {"full": n * m * k * k, "trace": n * m, "diagonal": n * k * k}[self.output]
+
+    def _per_example_bytes(self):
+        itemsize = 4
+        if self.method == "ntk_vp":
+            params = sum(math.prod(v.shape) for v in self.model.trainable_variables)
+            return 0, 4 * self._num_outputs * params * itemsize
+        return self._features.bytes_per_example(itemsize)
+
+    def _tile_bytes(self, c):
+        k2 = self._num_outputs**2 if self.output != "trace" else 1
+        groups = 1 if self.method == "ntk_vp" else len(self._features.groups)
+        cols = 1 if self.output == "diagonal" else c
+        return c * cols * k2 * self.dtype.size * (3 + groups)
+
+    def plan(self, n, m):
+        """(chunk size, cache all factors?) for an n x m request, or NTKMemoryError.
+
+        Available once the NTK has been called (it probes the model on the first call).
+        """
+        if self._features is None:
+            raise ValueError("plan() needs the model probed: call the NTK on a batch first.")
+        budget = self.memory_budget or memory.default_budget()
+        names = 1
+        if self.per_layer:
+            names = len({g.name for g in self._features.groups}) + 1
+        result = 2 * self._result_entries(n, m) * self.dtype.size * names
+        factor, working = self._per_example_bytes()
+        need_one = result + working + self._tile_bytes(1)
+        if need_one > budget:
+            raise memory.NTKMemoryError(
+                f"This NTK request needs at least {memory.gib(need_one)}: the result "
+                f"({self.output!r}, {n} x {m} examples, K = {self._num_outputs}) takes "
+                f"{memory.gib(result)} and processing one example "
+                f"{memory.gib(working + self._tile_bytes(1))}, but memory_budget is "
+                f"{memory.gib(budget)}. Use fewer examples, output='trace' or 'diagonal' "
+                "(K^2 times smaller), or raise memory_budget if the machine has the memory."
+            )
+        chunk = max(n, m)
+        while chunk > 1 and result + chunk * working + self._tile_bytes(chunk) > budget:
+            chunk = (chunk + 1) // 2
+        spare = budget - result - chunk * working - self._tile_bytes(chunk)
+        return chunk, (n + m) * factor <= spare
+
+    # -- computation ----------------------------------------------------------
+    def _block(self, rows, cols, row_factors, col_factors):
+        if self.method == "ntk_vp":
+            if self.output == "diagonal":
+                full = tf.vectorized_map(
+                    lambda xi: self._vp_block(xi[None], xi[None])[0, 0], rows
+                )
+                return tf.cast(full, self.dtype)
+            full = tf.cast(self._vp_block(rows, cols), self.dtype)
+            if self.output == "trace":
+                return tf.reduce_mean(tf.linalg.diag_part(full), axis=-1)
+            return full
+        return self._contract(row_factors, col_factors)
+
+    def __call__(self, x1, x2=None):
+        x1 = self._as_inputs(x1, "x1")
+        symmetric = x2 is None
+        if self.output == "diagonal" and not symmetric:
+            raise ValueError("output='diagonal' pairs each example of x1 with itself; pass x2=None.")
+        x2 = x1 if symmetric else self._as_inputs(x2, "x2")
+        self._prepare(x1)
+        n, m = x1.shape[0], x2.shape[0]
+        chunk, cache = self.plan(n, m)
+        row_chunks = _chunks(x1, chunk)
+        col_chunks = row_chunks if symmetric else _chunks(x2, chunk)
+        if self.output == "diagonal":
+            pairs = [(i, i) for i in range(len(row_chunks))]
+        elif symmetric:
+            pairs = [(i, j) for i in range(len(row_chunks)) for j in range(i, len(row_chunks))]
+        else:
+            pairs = [(i, j) for i in range(len(row_chunks)) for j in range(len(col_chunks))]
+        return self._assemble(row_chunks, col_chunks, pairs, symmetric, cache, n, m)
+
+    def _factors(self, chunk, device):
+        if self.method == "ntk_vp":
+            return None
+        with _on(device):
+            return self._features(tf.constant(chunk))
+
+    def _assemble(self, row_chunks, col_chunks, pairs, symmetric, cache, n, m):
+        devices = _devices()
+        show = self.progress if self.progress is not None else len(pairs) >= 8
+        bar = keras.utils.Progbar(len(pairs), unit_name="tile") if show else None
+        results = {}
+        store = {}  # (side, chunk index) -> factors
+
+        def factors(side, index, chunks, device, keep):
+            key = (side, index)
+            if key not in store:
+                value = self._factors(chunks[index][0], device)
+                if not keep:
+                    return value
+                store[key] = value
+            return store[key]
+
+        for t, (i, j) in enumerate(pairs):
+            device = devices[t % len(devices)]
+            rows, n_rows, start_i = row_chunks[i]
+            cols, n_cols, start_j = col_chunks[j]
+            if not cache:
+                for key in [key for key in store if key != ("rows", i)]:
+                    del store[key]
+            f_rows = factors("rows", i, row_chunks, device, keep=True)
+            f_cols = None
+            if self.output != "diagonal":
+                side = "rows" if symmetric else "cols"
+                f_cols = factors(side, j, col_chunks, device, keep=cache or (symmetric and i == j))
+            with _on(device):
+                block = self._block(tf.constant(rows), tf.constant(cols), f_rows, f_cols)
+            blocks = block if isinstance(block, dict) else {None: block}
+            for name, value in blocks.items():
+                out = results.setdefault(name, np.empty(self._shape(n, m), self.dtype.as_numpy_dtype))
+                value = value.numpy()
+                if self.output == "diagonal":
+                    out[start_i : start_i + n_rows] = value[:n_rows]
+                    continue
+                value = value[:n_rows, :n_cols]
+                out[start_i : start_i + n_rows, start_j : start_j + n_cols] = value
+                if symmetric and i != j:
+                    transposed = value.transpose((1, 0, 3, 2)) if self.output == "full" else value.T
+                    out[start_j : start_j + n_cols, start_i : start_i + n_rows] = transposed
+            if bar is not None:
+                bar.update(t + 1)
+        tensors = {name: tf.constant(value) for name, value in results.items()}
+        return tensors if self.per_layer else tensors[None]
+
+    def _shape(self, n, m):
+        k = self._num_outputs
+        return {"full": (n, m, k, k), "trace": (n, m), "diagonal": (n, k, k)}[self.output]
+
+
+def _chunks(x, size):
+    """Split x into chunks of `size` examples, the last padded with zeros so that
+    every chunk has one shape (one trace): list of (padded chunk, real count, start)."""
+    out = []
+    for start in range(0, x.shape[0], size):
+        piece = x[start : start + size]
+        count = piece.shape[0]
+        if count < size and x.shape[0] > size:
+            piece = np.concatenate([piece, np.zeros((size - count, *x.shape[1:]), x.dtype)])
+        out.append((piece, count, start))
+    return out
+
+
+_CACHE = weakref.WeakKeyDictionary()
+
+
+def empirical_ntk(
+    model,
+    x1,
+    x2=None,
+    *,
+    output="full",
+    method="auto",
+    memory_budget=None,
+    per_layer=False,
+    dtype=None,
+    progress=None,
+):
+    """Empirical NTK of a Keras model: see `NTK` for the arguments.
+
+    Returns:
+      "full": (N, M, K, K); "trace": (N, M) mean over outputs; "diagonal":
+      (N, K, K). A dict layer path -> kernel with per_layer=True.
+    The compiled form is cached per model and options, so repeated calls do
+    not retrace.
+    """
+    key = (output, method, memory_budget, per_layer, tf.as_dtype(dtype or tf.float32).name, progress)
+    per_model = _CACHE.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = NTK(
+            model,
+            output=output,
+            method=method,
+            memory_budget=memory_budget,
+            per_layer=per_layer,
+            dtype=dtype,
+            progress=progress,
+        )
+    return per_model[key](x1, x2)
