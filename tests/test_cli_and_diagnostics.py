@@ -47,3 +47,16 @@ def test_cli_rejects_bad_width_lists(capsys):
     with pytest.raises(SystemExit):
         cli.main(["demo", "--widths", "64,-1"])
     assert "positive integers" in capsys.readouterr().err
+
+
+def test_import_prints_no_tensorflow_start_up_noise():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_NTK_SHOW_TF_STARTUP")}
+    done = subprocess.run(
+        [sys.executable, "-c", "import keras_ntk, numpy; keras_ntk.models.mlp(4, 1, 1, input_shape=(2,))(numpy.ones((1, 2)))"],
+        capture_output=True, text=True, env=env, check=True,
+    )
+    assert done.stderr == "" and done.stdout == ""
