@@ -239,7 +239,8 @@ def test_diagonal_with_x2_is_refused():
 
 
 def test_tiles_shared_by_several_logical_devices():
-    """Two logical CPUs (configured before TF starts, so in a fresh process)."""
+    """Two logical CPUs (configured before TF starts, so in a fresh process) share
+    the tiles through a MirroredStrategy."""
     script = textwrap.dedent(
         """
         import sys
@@ -255,7 +256,9 @@ def test_tiles_shared_by_several_logical_devices():
         keras.utils.set_random_seed(0)
         model = keras_ntk.models.mlp(16, 2, 2, input_shape=(3,))
         x = np.random.default_rng(0).normal(size=(9, 3)).astype(np.float32)
-        kernel = keras_ntk.NTK(model, memory_budget=60_000)(x).numpy()
+        ntk = keras_ntk.NTK(model, memory_budget=20_000)
+        kernel = ntk(x).numpy()
+        assert ntk.plan(9, 9)[0] < 9 and ntk._strategy.num_replicas_in_sync == 2
         ref = brute_force_ntk(model, x)
         print(np.abs(kernel - ref).max() / np.abs(ref).max())
         """

@@ -6,7 +6,6 @@ K x K per pair of examples. Output modes (contract.py): "full" (N, M, K, K),
 per-output infinite-width kernel), "diagonal" (N, K, K) = each x1 with itself.
 """
 
-import contextlib
 import math
 import weakref
 
@@ -24,16 +23,9 @@ METHODS = ("auto", "structured", "jacobian", "ntk_vp")
 
 
 def _devices():
-    """Devices that share the tiles: all GPUs, else several logical CPUs, else default."""
-    gpus = tf.config.list_logical_devices("GPU")
-    if gpus:
-        return [d.name for d in gpus]
-    cpus = tf.config.list_logical_devices("CPU")
-    return [d.name for d in cpus] if len(cpus) > 1 else [None]
-
-
-def _on(device):
-    return tf.device(device) if device else contextlib.nullcontext()
+    """Devices that share the tiles: all GPUs, else all logical CPUs."""
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return [d.name for d in devices]
 
 
 class NTK:
@@ -87,6 +79,7 @@ class NTK:
             raise ValueError(f"dtype must be a floating dtype, got {self.dtype.name}.")
         self.progress = progress
         self._features = None
+        self._strategy = None
         self._contract = tf.function(
             lambda f1, f2: contract_lib.contract(
                 self._features.groups, f1, f2, self.output, self.dtype, self.per_layer
@@ -223,44 +216,74 @@ class NTK:
             pairs = [(i, j) for i in range(len(row_chunks)) for j in range(len(col_chunks))]
         return self._assemble(row_chunks, col_chunks, pairs, symmetric, cache, n, m)
 
-    def _factors(self, chunk, device):
+    def _tile(self, rows, cols):
+        """Kernel block of one tile computed from its inputs (one replica's work)."""
         if self.method == "ntk_vp":
-            return None
-        with _on(device):
-            return self._features(tf.constant(chunk))
+            return self._block(rows, cols, None, None)
+        f_cols = None if self.output == "diagonal" else self._features(cols)
+        return self._block(rows, cols, self._features(rows), f_cols)
 
-    def _assemble(self, row_chunks, col_chunks, pairs, symmetric, cache, n, m):
-        devices = _devices()
-        show = self.progress if self.progress is not None else len(pairs) >= 8
-        bar = keras.utils.Progbar(len(pairs), unit_name="tile") if show else None
-        results = {}
-        store = {}  # (side, chunk index) -> factors
+    def _local_blocks(self, row_chunks, col_chunks, pairs, symmetric, cache):
+        """Yield ((i, j), block) on the default device, reusing factors of chunks:
+        all of them when `cache`, else those of the current row chunk."""
+        store = {}
 
-        def factors(side, index, chunks, device, keep):
-            key = (side, index)
-            if key not in store:
-                value = self._factors(chunks[index][0], device)
-                if not keep:
-                    return value
-                store[key] = value
-            return store[key]
+        def factors(side, index, chunks, keep):
+            if self.method == "ntk_vp":
+                return None
+            if (side, index) in store:
+                return store[side, index]
+            value = self._features(tf.constant(chunks[index][0]))
+            if keep:
+                store[side, index] = value
+            return value
 
-        for t, (i, j) in enumerate(pairs):
-            device = devices[t % len(devices)]
-            rows, n_rows, start_i = row_chunks[i]
-            cols, n_cols, start_j = col_chunks[j]
+        for i, j in pairs:
             if not cache:
                 for key in [key for key in store if key != ("rows", i)]:
                     del store[key]
-            f_rows = factors("rows", i, row_chunks, device, keep=True)
+            f_rows = factors("rows", i, row_chunks, keep=True)
             f_cols = None
             if self.output != "diagonal":
                 side = "rows" if symmetric else "cols"
-                f_cols = factors(side, j, col_chunks, device, keep=cache or (symmetric and i == j))
-            with _on(device):
-                block = self._block(tf.constant(rows), tf.constant(cols), f_rows, f_cols)
-            blocks = block if isinstance(block, dict) else {None: block}
-            for name, value in blocks.items():
+                f_cols = factors(side, j, col_chunks, keep=cache or (symmetric and i == j))
+            rows, cols = tf.constant(row_chunks[i][0]), tf.constant(col_chunks[j][0])
+            yield (i, j), self._block(rows, cols, f_rows, f_cols)
+
+    def _distributed_blocks(self, devices, row_chunks, col_chunks, pairs):
+        """Yield ((i, j), block), tiles shared by `devices` in rounds through a
+        tf.distribute.MirroredStrategy: each replica computes one tile."""
+        if self._strategy is None:
+            self._strategy = tf.distribute.MirroredStrategy(devices)
+            self._run_replicas = tf.function(
+                lambda rows, cols: self._strategy.run(self._tile, args=(rows, cols))
+            )
+        strategy, count = self._strategy, len(devices)
+        for first in range(0, len(pairs), count):
+            round_pairs = pairs[first : first + count]
+            padded = round_pairs + [round_pairs[-1]] * (count - len(round_pairs))
+
+            def per_replica(chunks, side):
+                return strategy.experimental_distribute_values_from_function(
+                    lambda ctx: tf.constant(chunks[padded[ctx.replica_id_in_sync_group][side]][0])
+                )
+
+            blocks = self._run_replicas(per_replica(row_chunks, 0), per_replica(col_chunks, 1))
+            yield from zip(round_pairs, strategy.experimental_local_results(blocks))
+
+    def _assemble(self, row_chunks, col_chunks, pairs, symmetric, cache, n, m):
+        show = self.progress if self.progress is not None else len(pairs) >= 8
+        bar = keras.utils.Progbar(len(pairs), unit_name="tile") if show else None
+        devices = _devices()
+        if len(devices) > 1:
+            blocks = self._distributed_blocks(devices, row_chunks, col_chunks, pairs)
+        else:
+            blocks = self._local_blocks(row_chunks, col_chunks, pairs, symmetric, cache)
+        results = {}
+        for t, ((i, j), block) in enumerate(blocks):
+            _, n_rows, start_i = row_chunks[i]
+            _, n_cols, start_j = col_chunks[j]
+            for name, value in (block if isinstance(block, dict) else {None: block}).items():
                 out = results.setdefault(name, np.empty(self._shape(n, m), self.dtype.as_numpy_dtype))
                 value = value.numpy()
                 if self.output == "diagonal":
