@@ -15,6 +15,7 @@ import_tensorflow_quietly()
 filter_own_tracing_warnings()
 
 from keras_ntk import layers, models  # noqa: E402
+from keras_ntk.linearize import LinearizedModel  # noqa: E402
 from keras_ntk.ntk import (  # noqa: E402
     NTK,
     EmpiricalNTKKernel,
@@ -28,6 +29,7 @@ from keras_ntk.ntk import (  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "LinearizedModel",
     "NTK",
     "NTKMemoryError",
     "EmpiricalNTKKernel",
