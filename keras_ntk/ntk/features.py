@@ -114,14 +114,8 @@ class FeatureMap:
     def _features(self, x):
         factors = []
         if self._rules:
-            records = []
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                with rules_lib.probed(self._rules, tape, records):
-                    f = rules_lib.flat_outputs(self.model, x)
-                total = tf.reduce_sum(f, axis=0)
-            deltas = tape.jacobian(total, [p for _, _, p in records])
-            for (rule, inputs, _), delta in zip(records, deltas):
-                factors.append(self._rule_factors(rule, inputs, delta))
+            _, probes = rules_lib.probe_layers(self.model, self._rules, x)
+            factors += [self._rule_factors(*probe) for probe in probes]
         if self._jacobian_variables:
             jacobians = per_example_jacobians(self.model, self._jacobian_variables, x)
             by_variable = {id(v): j for v, j in zip(self._jacobian_variables, jacobians)}
@@ -130,13 +124,11 @@ class FeatureMap:
         return factors
 
     @staticmethod
-    def _rule_factors(rule, inputs, delta):
-        """Factors of one rule layer from its input and delta (K, n, *z_shape)."""
-        patches = rule.patches(inputs)  # (n, P, C)
-        k, n = tf.shape(delta)[0], tf.shape(delta)[1]
-        delta = tf.transpose(tf.reshape(delta, (k, n, patches.shape[1], -1)), (1, 0, 2, 3))
+    def _rule_factors(rule, patches, delta):
+        """Factors of one rule layer from patches (n, P, C) and delta (n, K, P, O)."""
         if patches.shape[1] == 1:
             return patches[:, 0, :], delta[:, :, 0, :]
+        n, k = tf.shape(delta)[0], tf.shape(delta)[1]
         grads = []
         if rule.use_kernel:
             g = tf.einsum("npc,nkpo->nkco", patches, delta) * rule.weight_scale

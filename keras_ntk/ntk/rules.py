@@ -155,3 +155,29 @@ def flat_outputs(model, x):
     if len(out.shape) < 2:
         raise ValueError(f"Model outputs must have shape (batch, ...), got {out.shape}.")
     return tf.reshape(out, (tf.shape(out)[0], -1))
+
+
+def probe_layers(model, rules, x):
+    """Inputs and deltas of every rule layer for a batch, in one forward pass and
+    K vectorized backward passes (call inside tf.function).
+
+    Args:
+      rules: `LayerRule`s of layers that the forward pass calls exactly once.
+      x: (n, ...) inputs.
+    Returns:
+      f (n, K) and a list of (rule, patches (n, P, C), delta (n, K, P, O)) with
+      delta[n, k, p, o] = df_k / dz[n, p, o].
+    """
+    records = []
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        with probed(rules, tape, records):
+            f = flat_outputs(model, x)
+        total = tf.reduce_sum(f, axis=0)
+    deltas = tape.jacobian(total, [probe for _, _, probe in records])
+    out = []
+    for (rule, inputs, _), delta in zip(records, deltas):
+        patches = rule.patches(inputs)
+        k, n = tf.shape(delta)[0], tf.shape(delta)[1]
+        delta = tf.reshape(delta, (k, n, patches.shape[1], -1))
+        out.append((rule, patches, tf.transpose(delta, (1, 0, 2, 3))))
+    return f, out
