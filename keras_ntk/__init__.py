@@ -3,6 +3,8 @@
 Public API:
   keras_ntk.layers        Dense, Conv2D in NTK or standard parametrization
   keras_ntk.models        mlp, cnn, wide_resnet builders
+  keras_ntk.predictive    NTK-GP / NNGP posteriors, GD dynamics, linearized Laplace
+  LinearizedModel         f0 + J0 (theta - theta0) as a trainable Keras model
   empirical_ntk, NTK      empirical NTK of any Keras model, (N, M, K, K) or reduced
   ntk_vector_product      matrix-free Theta(x, x) v
   infinite_width_kernel   analytic infinite-width NTK / NNGP, (N, M) float64
@@ -14,7 +16,7 @@ from keras_ntk._tf_quiet import filter_own_tracing_warnings, import_tensorflow_q
 import_tensorflow_quietly()
 filter_own_tracing_warnings()
 
-from keras_ntk import layers, models  # noqa: E402
+from keras_ntk import layers, models, predictive  # noqa: E402
 from keras_ntk.linearize import LinearizedModel  # noqa: E402
 from keras_ntk.ntk import (  # noqa: E402
     NTK,
@@ -39,5 +41,6 @@ __all__ = [
     "ntk_vector_product",
     "layers",
     "models",
+    "predictive",
     "__version__",
 ]

@@ -1,0 +1,243 @@
+"""Linearized Laplace against dense numpy references built from brute-force Jacobians."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_ntk
+from keras_ntk.predictive import FactorizationError, factorize
+from keras_ntk.predictive.laplace import EvidenceCallback, Laplace
+
+STRUCTURES = ["full", "diag", "last_layer", "kron", "function_space"]
+
+
+def _jacobian(model, x):
+    """f (n, K) and J (n, K, P) float64 by tape.jacobian."""
+    with tf.GradientTape() as tape:
+        f = model(x)
+    jac = tape.jacobian(f, model.trainable_variables)
+    n, k = f.shape
+    return f.numpy().astype(np.float64), np.concatenate([j.numpy().reshape(n, k, -1) for j in jac], -1).astype(np.float64)
+
+
+def _train(model, x, y, steps, learning_rate=0.01, loss="mse"):
+    """Full-batch Adam in one tf.function (fast, unlike per-epoch fit overhead)."""
+    optimizer = keras.optimizers.Adam(learning_rate)
+    x, y = tf.constant(x), tf.constant(y)
+
+    @tf.function
+    def run():
+        for _ in tf.range(steps):
+            with tf.GradientTape() as tape:
+                f = model(x)
+                if loss == "mse":
+                    value = tf.reduce_mean(tf.square(f - tf.cast(y, f.dtype)))
+                else:
+                    value = tf.reduce_mean(
+                        tf.keras.losses.sparse_categorical_crossentropy(y, f, from_logits=True)
+                    )
+            optimizer.apply_gradients(zip(tape.gradient(value, model.trainable_variables), model.trainable_variables))
+
+    run()
+    return model
+
+
+def _regression_problem(seed=0, n=12, k=2):
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    y = np.stack([np.sin(x[:, 0]), np.cos(x[:, 1])][:k], axis=1)
+    model = keras_ntk.models.mlp(8, 2, k, input_shape=(3,))
+    _train(model, x, y.astype(np.float32), 200)
+    return model, x, y, rng.normal(size=(5, 3)).astype(np.float32)
+
+
+def _classification_problem(seed=1, n=16, k=3):
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2)).astype(np.float32)
+    y = (np.digitize(x[:, 0] + 0.5 * x[:, 1], [-0.5, 0.5])).astype(np.int64)
+    model = keras_ntk.models.mlp(8, 1, k, input_shape=(2,))
+    _train(model, x, y, 200, loss="ce")
+    return model, x, y, rng.normal(size=(5, 2)).astype(np.float32)
+
+
+def _numpy_posterior(model, x, y, x_test, delta, s2, likelihood):
+    """Weight-space GGN Laplace in numpy: precision, predictive cov (n*, K, n*, K), evidence."""
+    f, jac = _jacobian(model, x)
+    if likelihood == "regression":
+        lam = np.broadcast_to(np.eye(f.shape[1]) / s2, (len(x), f.shape[1], f.shape[1]))
+        log_lik = -0.5 * np.sum((y.reshape(f.shape) - f) ** 2) / s2 - 0.5 * f.size * np.log(2 * np.pi * s2)
+    else:
+        p = np.exp(f - f.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        lam = np.einsum("nk,kl->nkl", p, np.eye(f.shape[1])) - np.einsum("nk,nl->nkl", p, p)
+        log_lik = np.sum(np.log(p[np.arange(len(y)), y]))
+    ggn = np.einsum("nkp,nkl,nlq->pq", jac, lam, jac)
+    precision = ggn + delta * np.eye(ggn.shape[0])
+    _, jac_test = _jacobian(model, x_test)
+    cov = np.einsum("ikp,pq,jlq->ikjl", jac_test, np.linalg.inv(precision), jac_test)
+    theta = np.concatenate([v.numpy().ravel() for v in model.trainable_variables]).astype(np.float64)
+    evidence = log_lik - 0.5 * delta * theta @ theta - 0.5 * (
+        np.linalg.slogdet(precision)[1] - ggn.shape[0] * np.log(delta)
+    )
+    return cov, evidence
+
+
+@pytest.mark.parametrize("likelihood", ["regression", "classification"])
+def test_full_weight_space_and_function_space_equal_the_numpy_posterior(likelihood):
+    problem = _regression_problem if likelihood == "regression" else _classification_problem
+    model, x, y, x_test = problem()
+    cov, evidence = _numpy_posterior(model, x, y, x_test, 0.7, 0.05, likelihood)
+    n, k = cov.shape[:2]
+    for structure in ("full", "function_space"):
+        laplace = Laplace(model, likelihood, structure, prior_precision=0.7, noise_variance=0.05).fit((x, y))
+        joint = laplace.functional_covariance(x_test, joint=True).numpy()
+        np.testing.assert_allclose(joint, cov.reshape(n * k, n * k), rtol=1e-5, atol=1e-5 * np.abs(cov).max())
+        marginal = laplace.functional_covariance(x_test).numpy()
+        np.testing.assert_allclose(marginal, np.einsum("ikil->ikl", cov), rtol=1e-5, atol=1e-5 * np.abs(cov).max())
+        assert float(laplace.log_marginal_likelihood()) == pytest.approx(evidence, rel=1e-6)
+
+
+def test_kron_and_diag_equal_full_where_exact_and_differ_elsewhere():
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((4,))
+    single = keras.Model(inputs, keras_ntk.layers.Dense(2, w_std=1.3, b_std=0.4)(inputs))
+    x = np.random.default_rng(2).normal(size=(9, 4)).astype(np.float32)
+    y = np.random.default_rng(3).normal(size=(9, 2))
+    x_test = np.random.default_rng(4).normal(size=(3, 4)).astype(np.float32)
+
+    def cov(model, structure, x, y):
+        laplace = Laplace(model, structure=structure, prior_precision=0.5, noise_variance=0.2).fit((x, y))
+        return laplace.functional_covariance(x_test, joint=True).numpy(), float(laplace.log_marginal_likelihood())
+
+    full, full_evidence = cov(single, "full", x, y)
+    kron, kron_evidence = cov(single, "kron", x, y)
+    np.testing.assert_allclose(kron, full, atol=1e-10)  # single dense layer: K-FAC is exact
+    assert kron_evidence == pytest.approx(full_evidence, rel=1e-10)
+
+    # one output, no bias, orthogonal inputs: the GGN is diagonal, so diag is exact
+    no_bias = keras.Model(inputs, keras_ntk.layers.Dense(1, use_bias=False)(inputs))
+    orthogonal = (np.eye(4) * [1.0, 2.0, 0.5, 3.0]).astype(np.float32)
+    full_d, _ = cov(no_bias, "full", orthogonal, np.ones((4, 1)))
+    diag_d, _ = cov(no_bias, "diag", orthogonal, np.ones((4, 1)))
+    np.testing.assert_allclose(diag_d, full_d, atol=1e-10)
+
+    model, x, y, x_test = _regression_problem()
+    full, _ = cov(model, "full", x, y)
+    for structure in ("diag", "kron", "last_layer"):
+        approx, _ = cov(model, structure, x, y)
+        assert np.abs(approx - full).max() > 1e-3 * np.abs(full).max(), structure
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_log_marginal_likelihood_gradient_matches_finite_differences(structure):
+    model, x, y, _ = _regression_problem()
+    groups = list(model.trainable_variables)
+    laplace = Laplace(model, structure=structure, prior_precision={g.path.rsplit("/", 1)[0]: 1.0 for g in groups}).fit((x, y))
+    params = tf.Variable(np.log([0.5, 1.5, 2.0, 0.1]))  # log delta per layer (3), log s^2
+
+    def evidence(p):
+        return laplace.log_marginal_likelihood(tf.exp(p[:3]), tf.exp(p[3]))
+
+    with tf.GradientTape() as tape:
+        value = evidence(params)
+    gradient = tape.gradient(value, params).numpy()
+    eps = 1e-5
+    numeric = [
+        (float(evidence(params + eps * e)) - float(evidence(params - eps * e))) / (2 * eps)
+        for e in np.eye(4)
+    ]
+    np.testing.assert_allclose(gradient, numeric, rtol=1e-4, atol=1e-4)
+
+
+def test_evidence_maximization_recovers_the_noise_level():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, size=(300, 1)).astype(np.float32)
+    y = (np.sin(2 * x) + 0.1 * rng.normal(size=x.shape)).astype(np.float32)
+    keras.utils.set_random_seed(1)
+    model = _train(keras_ntk.models.mlp(32, 2, 1, input_shape=(1,)), x, y, 3000)
+    laplace = Laplace(model, structure="full").fit((x, y))
+    before = float(laplace.log_marginal_likelihood())
+    result = laplace.optimize_hyperparameters(steps=300)
+    assert result["noise_variance"] == pytest.approx(0.01, rel=0.2)
+    assert result["log_marginal_likelihood"] > before
+
+
+def test_probit_and_monte_carlo_links_agree():
+    model, x, y, x_test = _classification_problem()
+    laplace = Laplace(model, "classification", "full", prior_precision=50.0).fit((x, y))
+    # the probit approximation holds for moderate logit variances (here up to ~0.3)
+    assert np.einsum("ikk->ik", laplace.functional_covariance(x_test).numpy()).max() < 0.5
+    probit = laplace.predict(x_test, link="probit").probs_parameter().numpy()
+    mc = laplace.predict(x_test, link="mc", samples=200_000, seed=0).probs_parameter().numpy()
+    np.testing.assert_allclose(probit, mc, atol=1e-2)
+    np.testing.assert_allclose(probit.sum(axis=1), 1.0, rtol=1e-12)
+
+
+def test_regression_predictive_is_the_function_variance_plus_noise_on_request():
+    model, x, y, x_test = _regression_problem()
+    laplace = Laplace(model, structure="kron", noise_variance=0.3).fit((x, y))
+    f = laplace.predict(x_test)
+    np.testing.assert_allclose(f.mean().numpy(), model(x_test).numpy(), rtol=1e-6)
+    variance = np.einsum("ikk->ik", laplace.functional_covariance(x_test).numpy())
+    np.testing.assert_allclose(f.variance().numpy(), variance, rtol=1e-10)
+    np.testing.assert_allclose(laplace.predict(x_test, observation_noise=True).variance().numpy(), variance + 0.3, rtol=1e-10)
+    joint = laplace.predict(x_test, joint=True)
+    assert joint.event_shape == (x_test.shape[0] * 2,)
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_save_load_round_trip_gives_identical_predictions(tmp_path, structure):
+    model, x, y, x_test = _regression_problem()
+    laplace = Laplace(model, structure=structure, prior_precision=0.8, noise_variance=0.1).fit((x, y))
+    laplace.optimize_hyperparameters(steps=5)
+    laplace.save(tmp_path / "export")
+    assert {p.name for p in (tmp_path / "export").iterdir()} == {"model.keras", "posterior.npz", "metadata.json"}
+    loaded = Laplace.load(tmp_path / "export")
+    a, b = laplace.predict(x_test), loaded.predict(x_test)
+    np.testing.assert_array_equal(a.mean().numpy(), b.mean().numpy())
+    np.testing.assert_allclose(a.variance().numpy(), b.variance().numpy(), rtol=1e-12)
+    assert float(loaded.log_marginal_likelihood()) == pytest.approx(float(laplace.log_marginal_likelihood()), rel=1e-12)
+
+
+def test_evidence_callback_tunes_hyperparameters_during_fit():
+    model, x, y, _ = _regression_problem()
+    laplace = Laplace(model, structure="kron")
+    callback = EvidenceCallback(laplace, (x, y), every=2, steps=20)
+    model.compile(optimizer="sgd", loss="mse")
+    history = model.fit(x, y, epochs=4, verbose=0, callbacks=[callback])
+    assert [h["epoch"] for h in callback.history] == [2, 4]
+    assert "log_marginal_likelihood" in history.history
+    assert laplace.noise_variance != 1.0
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda m, x, y: Laplace(m, likelihood="poisson"), "likelihood"),
+        (lambda m, x, y: Laplace(m, structure="block"), "structure"),
+        (lambda m, x, y: Laplace(m, prior_precision=-1.0), "prior_precision"),
+        (lambda m, x, y: Laplace(m).fit((x, y[:5])), "same number of examples"),
+        (lambda m, x, y: Laplace(m).fit((x, y[:, :1] * np.nan)), "NaN"),
+        (lambda m, x, y: Laplace(m).fit((x[:, :2], y)), "shape"),
+        (lambda m, x, y: Laplace(m, "classification").fit((x, np.full(len(x), 7))), "labels"),
+        (lambda m, x, y: Laplace(m).predict(x), "fit"),
+    ],
+)
+def test_bad_input_raises_value_error(build, message):
+    model, x, y, _ = _regression_problem()
+    with pytest.raises(ValueError, match=message):
+        build(model, x, y)
+
+
+def test_singular_systems_name_the_jitter_tried():
+    with pytest.raises(FactorizationError, match="1.0e-02"):
+        factorize(-np.eye(3))
+    model, x, y, x_test = _regression_problem()
+    laplace = Laplace(model, structure="full").fit((x, y))
+    laplace.predict(np.repeat(x_test[:1], 3, axis=0), joint=True)  # rank-deficient joint covariance
+    assert laplace.jitter > 0
