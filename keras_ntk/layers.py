@@ -24,6 +24,14 @@ from keras_ntk import activations
 PARAMETRIZATIONS = ("ntk", "standard")
 
 
+def check_stds(w_std, b_std):
+    """Raise ValueError unless sigma_w > 0 and sigma_b >= 0 are finite numbers."""
+    if not (math.isfinite(w_std) and w_std > 0):
+        raise ValueError(f"w_std must be a positive number, got {w_std!r}.")
+    if not (math.isfinite(b_std) and b_std >= 0):
+        raise ValueError(f"b_std must be a non-negative number, got {b_std!r}.")
+
+
 class _ParametrizedLayer(keras.layers.Layer):
     """Shared parametrization logic of `Dense` and `Conv2D` (not public)."""
 
@@ -45,10 +53,7 @@ class _ParametrizedLayer(keras.layers.Layer):
                 f"Unknown parametrization {parametrization!r}: expected one of "
                 f"{PARAMETRIZATIONS}."
             )
-        if not (math.isfinite(w_std) and w_std > 0):
-            raise ValueError(f"w_std must be a positive number, got {w_std!r}.")
-        if not (math.isfinite(b_std) and b_std >= 0):
-            raise ValueError(f"b_std must be a non-negative number, got {b_std!r}.")
+        check_stds(w_std, b_std)
         self.parametrization = parametrization
         self.w_std = float(w_std)
         self.b_std = float(b_std)

@@ -65,8 +65,13 @@ def _classification_problem(seed=1, n=16, k=3):
     return model, x, y, rng.normal(size=(5, 2)).astype(np.float32)
 
 
-def _numpy_posterior(model, x, y, x_test, delta, s2, likelihood):
-    """Weight-space GGN Laplace in numpy: precision, predictive cov (n*, K, n*, K), evidence."""
+def _numpy_precision(model, x, y, delta, s2, likelihood):
+    return _numpy_posterior(model, x, y, x[:1], delta, s2, likelihood, precision_only=True)
+
+
+def _numpy_posterior(model, x, y, x_test, delta, s2, likelihood, precision_only=False):
+    """Weight-space GGN Laplace in numpy: predictive cov (n*, K, n*, K) and evidence,
+    or the posterior precision (P, P) with precision_only."""
     f, jac = _jacobian(model, x)
     if likelihood == "regression":
         lam = np.broadcast_to(np.eye(f.shape[1]) / s2, (len(x), f.shape[1], f.shape[1]))
@@ -78,6 +83,8 @@ def _numpy_posterior(model, x, y, x_test, delta, s2, likelihood):
         log_lik = np.sum(np.log(p[np.arange(len(y)), y]))
     ggn = np.einsum("nkp,nkl,nlq->pq", jac, lam, jac)
     precision = ggn + delta * np.eye(ggn.shape[0])
+    if precision_only:
+        return precision
     _, jac_test = _jacobian(model, x_test)
     cov = np.einsum("ikp,pq,jlq->ikjl", jac_test, np.linalg.inv(precision), jac_test)
     theta = np.concatenate([v.numpy().ravel() for v in model.trainable_variables]).astype(np.float64)
@@ -100,6 +107,10 @@ def test_full_weight_space_and_function_space_equal_the_numpy_posterior(likeliho
         marginal = laplace.functional_covariance(x_test).numpy()
         np.testing.assert_allclose(marginal, np.einsum("ikil->ikl", cov), rtol=1e-5, atol=1e-5 * np.abs(cov).max())
         assert float(laplace.log_marginal_likelihood()) == pytest.approx(evidence, rel=1e-6)
+        if structure == "full":
+            precision_eigenvalues = np.linalg.eigvalsh(_numpy_precision(model, x, y, 0.7, 0.05, likelihood))
+            expected = precision_eigenvalues[-1] / precision_eigenvalues[0]
+            assert laplace.condition_number == pytest.approx(expected, rel=1e-6)
 
 
 def test_kron_and_diag_equal_full_where_exact_and_differ_elsewhere():

@@ -19,6 +19,7 @@ import math
 import tensorflow as tf
 
 from keras_ntk import activations
+from keras_ntk.layers import check_stds
 
 KINDS = ("ntk", "nngp")
 
@@ -62,10 +63,7 @@ def check_arguments(depth, activation, w_std, b_std, kind):
             f"No closed-form infinite-width kernel for activation {activation!r}: "
             f"expected one of {activations.ANALYTIC}."
         )
-    if not (math.isfinite(w_std) and w_std > 0):
-        raise ValueError(f"w_std must be a positive number, got {w_std!r}.")
-    if not (math.isfinite(b_std) and b_std >= 0):
-        raise ValueError(f"b_std must be a non-negative number, got {b_std!r}.")
+    check_stds(w_std, b_std)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
 

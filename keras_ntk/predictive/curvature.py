@@ -9,7 +9,8 @@ Parameters form groups (the trainable variables of one layer), each with its pri
 precision delta_g, so the posterior precision is P = c GGN + D, D = diag(delta).
 Every structure provides, differentiable in (delta, c) where it matters:
   log_det_ratio(delta, c)   log det(c GGN + D) - log det D              (scalar)
-  covariance(x, delta, c)   J(x) P^-1 J(x)^T: (n, K, K), or joint (n K, n K)
+  covariance(x, delta, c)   (J(x) P^-1 J(x)^T: (n, K, K), or joint (n K, n K),
+                            jitter added to the inverted matrix, its condition number)
 All arrays are float64.
 """
 
@@ -90,12 +91,15 @@ class _JacobianCurvature:
         n, k, p = jac.shape
         prior = self._prior_vector(delta)
         if self.diagonal:
-            cov = tf.einsum("ikp,jlp,p->ikjl", jac, jac, 1.0 / (scale * self.ggn + prior))
-            return _marginal_or_joint(cov, joint), 0.0
+            precision = scale * self.ggn + prior
+            cov = tf.einsum("ikp,jlp,p->ikjl", jac, jac, 1.0 / precision)
+            condition = float(tf.reduce_max(precision) / tf.reduce_min(precision))
+            return _marginal_or_joint(cov, joint), 0.0, condition
         factor = numerics.factorize(scale * self.ggn + tf.linalg.diag(prior), "posterior precision")
         flat = tf.reshape(jac, (n * k, p))
         cov = tf.matmul(flat, factor.solve(tf.transpose(flat)))
-        return _marginal_or_joint(tf.reshape(cov, (n, k, n, k)), joint), factor.jitter
+        cov = _marginal_or_joint(tf.reshape(cov, (n, k, n, k)), joint)
+        return cov, factor.jitter, factor.condition_number
 
     def finalize(self):
         """Eigenvalues of the full GGN, for log det(c GGN + delta I) with one delta."""
@@ -193,17 +197,23 @@ class _KronCurvature:
 
     def covariance(self, x, delta, scale, joint):
         cov = 0.0
+        extremes = []
         for rule, (patches, d) in zip(self.rules, self._probe(x)):
             ea, qa, eg, qg = self.eigen[rule.name]
             a = tf.einsum("npc,cd->npd", self._augmented(rule, patches), qa)
             g = tf.einsum("nkpo,oq->nkpq", tf.cast(d, tf.float64), qg)
             m = tf.einsum("npc,nkpo->nkco", a, g)
-            inverse = 1.0 / (scale * ea[:, None] * eg[None, :] + delta[self.group_index[rule.name]])
-            cov += tf.einsum("ikco,jlco,co->ikjl", m, m, inverse)
+            precision = scale * ea[:, None] * eg[None, :] + delta[self.group_index[rule.name]]
+            cov += tf.einsum("ikco,jlco,co->ikjl", m, m, 1.0 / precision)
+            extremes += [float(tf.reduce_min(precision)), float(tf.reduce_max(precision))]
         cov = _marginal_or_joint(cov, joint)
         if self.rest is not None:
-            cov += self.rest.covariance(x, delta, scale, joint)[0]
-        return cov, 0.0
+            rest_cov, _, rest_condition = self.rest.covariance(x, delta, scale, joint)
+            cov += rest_cov
+        condition = max(extremes) / min(extremes) if extremes else 1.0
+        if self.rest is not None:
+            condition = max(condition, rest_condition)
+        return cov, 0.0, condition
 
     def state(self):
         state = {}
@@ -271,10 +281,10 @@ class _FunctionSpaceCurvature:
         if joint:
             prior = self.ntk(x)
             prior = tf.einsum("gijkl,g->ikjl", tf.stack([prior[g] for g in self.groups]), 1.0 / delta)
-            return tf.reshape(prior - reduction, (n * k, n * k)), factor.jitter
+            return tf.reshape(prior - reduction, (n * k, n * k)), factor.jitter, factor.condition_number
         prior = self.ntk_diagonal(x)
         prior = tf.einsum("gikl,g->ikl", tf.stack([prior[g] for g in self.groups]), 1.0 / delta)
-        return prior - tf.einsum("ikil->ikl", reduction), factor.jitter
+        return prior - tf.einsum("ikil->ikl", reduction), factor.jitter, factor.condition_number
 
     def state(self):
         return {"x": np.concatenate(self.x), "lam_sqrt": tf.concat(self.lam_sqrt, axis=0).numpy()}

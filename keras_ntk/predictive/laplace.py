@@ -96,6 +96,7 @@ class Laplace:
         self._covered = [len(names) - 1] if structure == "last_layer" else list(range(len(names)))
         self._fitted = False
         self.jitter = 0.0
+        self.condition_number = None
 
     # -- hyperparameters --------------------------------------------------------
     @property
@@ -265,10 +266,16 @@ class Laplace:
 
     # -- prediction -------------------------------------------------------------
     def functional_covariance(self, x, joint=False):
-        """Covariance of the linearized f at x (N, ...): (N, K, K), or (N K, N K) joint."""
+        """Covariance of the linearized f at x (N, ...): (N, K, K), or (N K, N K) joint.
+
+        Sets `jitter` (added to the inverted matrix) and `condition_number` (of the
+        posterior precision; of I + c B in function space).
+        """
         self._require_fit()
         x = self._check_batch(x, np.zeros(len(x)))[0]
-        cov, self.jitter = self.curvature.covariance(x, self._delta(), self._scale(), joint)
+        cov, self.jitter, self.condition_number = self.curvature.covariance(
+            x, self._delta(), self._scale(), joint
+        )
         return cov
 
     def predict(self, x, joint=False, link="probit", samples=1000, observation_noise=False, seed=None):
