@@ -3,6 +3,7 @@
 Public API:
   keras_ntk.layers        Dense, Conv2D in NTK or standard parametrization
   keras_ntk.models        mlp, cnn, wide_resnet builders
+  keras_ntk.data          MNIST, Fashion-MNIST, CIFAR, scikit-learn and UCI loaders, task streams
   keras_ntk.predictive    NTK-GP / NNGP posteriors, GD dynamics, linearized Laplace
   LinearizedModel         f0 + J0 (theta - theta0) as a trainable Keras model
   empirical_ntk, NTK      empirical NTK of any Keras model, (N, M, K, K) or reduced
@@ -16,7 +17,7 @@ from keras_ntk._tf_quiet import filter_own_tracing_warnings, import_tensorflow_q
 import_tensorflow_quietly()
 filter_own_tracing_warnings()
 
-from keras_ntk import layers, models, predictive  # noqa: E402
+from keras_ntk import data, layers, models, predictive  # noqa: E402
 from keras_ntk.linearize import LinearizedModel  # noqa: E402
 from keras_ntk.ntk import (  # noqa: E402
     NTK,
@@ -39,6 +40,7 @@ __all__ = [
     "empirical_ntk",
     "infinite_width_kernel",
     "ntk_vector_product",
+    "data",
     "layers",
     "models",
     "predictive",
