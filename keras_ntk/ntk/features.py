@@ -70,7 +70,7 @@ class FeatureMap:
         if not trainable:
             raise ValueError(f"Model {model.name!r} has no trainable variables: its NTK is zero.")
         rules = rules_lib.find_rules(model) if method == "structured" else []
-        calls, self.num_outputs = self._count_calls(rules, example)
+        calls, self._positions, self.num_outputs = rules_lib.trace_calls(model, rules, example)
         self._rules = [r for r in rules if calls[r.name] == 1]
         unused = {id(v) for r in rules if calls[r.name] == 0 for v in r.variables}
         ruled = {id(v) for r in self._rules for v in r.variables}
@@ -80,26 +80,10 @@ class FeatureMap:
         self._jacobian_groups = collections.OrderedDict()
         for v in self._jacobian_variables:
             self._jacobian_groups.setdefault(_owner(v), []).append(v)
-        self._positions = self._rule_positions(example)
         self.groups = [self._rule_group(r) for r in self._rules] + [
             Group(name, "gradient") for name in self._jacobian_groups
         ]
         self._compiled = tf.function(lambda x: self._features(x), reduce_retracing=True)
-
-    def _count_calls(self, rules, example):
-        records = []
-        with tf.GradientTape() as tape:
-            with rules_lib.probed(rules, tape, records):
-                f = rules_lib.flat_outputs(self.model, example)
-        calls = collections.Counter(r.name for r, _, _ in records)
-        return {r.name: calls[r.name] for r in rules}, int(f.shape[1])
-
-    def _rule_positions(self, example):
-        records = []
-        with tf.GradientTape() as tape:
-            with rules_lib.probed(self._rules, tape, records):
-                rules_lib.flat_outputs(self.model, example)
-        return {r.name: int(r.patches(a).shape[1]) for r, a, _ in records}
 
     def _rule_group(self, rule):
         if self._positions[rule.name] == 1:

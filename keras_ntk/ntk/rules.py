@@ -144,6 +144,22 @@ def probed(rules, tape, records):
             del rule.layer.call
 
 
+def trace_calls(model, rules, example):
+    """One eager probed forward pass on `example` (1, ...).
+
+    Returns (calls, positions, K): calls[name] is how often each rule's layer is
+    called, positions[name] the patch positions of its last call, K the output size.
+    Rules whose layer is called other than once are not per-example-factorizable.
+    """
+    records = []
+    with tf.GradientTape() as tape:
+        with probed(rules, tape, records):
+            f = flat_outputs(model, example)
+    names = [rule.name for rule, _, _ in records]
+    positions = {rule.name: int(rule.patches(a).shape[1]) for rule, a, _ in records}
+    return {rule.name: names.count(rule.name) for rule in rules}, positions, int(f.shape[1])
+
+
 def flat_outputs(model, x):
     """model(x) in inference mode as (n, K): trailing output axes are flattened."""
     out = model(x, training=False)

@@ -122,7 +122,8 @@ class _KronCurvature:
     def __init__(self, model, groups):
         self.model = model
         rules = {r.name: r for r in rules_lib.find_rules(model)}
-        calls = self._call_counts(model, list(rules.values()))
+        example = tf.zeros((1, *model.input_shape[1:]), model.inputs[0].dtype)
+        calls, _, _ = rules_lib.trace_calls(model, list(rules.values()), example)
         self.rules = [
             rules[name]
             for name in groups
@@ -137,16 +138,6 @@ class _KronCurvature:
         self.g = {r.name: 0.0 for r in self.rules}
         self.count = {r.name: 0.0 for r in self.rules}
         self._probe = tf.function(self._probe_fn, reduce_retracing=True)
-
-    @staticmethod
-    def _call_counts(model, rules):
-        example = tf.zeros((1, *model.input_shape[1:]), model.inputs[0].dtype)
-        records = []
-        with tf.GradientTape() as tape:
-            with rules_lib.probed(rules, tape, records):
-                rules_lib.flat_outputs(model, example)
-        names = [rule.name for rule, _, _ in records]
-        return {rule.name: names.count(rule.name) for rule in rules}
 
     def _probe_fn(self, x):
         """[(patches, delta)] in the order of self.rules."""
