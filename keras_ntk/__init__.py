@@ -8,7 +8,8 @@ Public API:
   LinearizedModel         f0 + J0 (theta - theta0) as a trainable Keras model
   empirical_ntk, NTK      empirical NTK of any Keras model, (N, M, K, K) or reduced
   ntk_vector_product      matrix-free Theta(x, x) v
-  infinite_width_kernel   analytic infinite-width NTK / NNGP, (N, M) float64
+  infinite_width_kernel   analytic infinite-width NTK / NNGP of an MLP, (N, M) float64
+  infinite_width_cnn_kernel  the same for a CNN (flatten or global average pooling)
   InfiniteWidthKernel     the same as a TFP PositiveSemidefiniteKernel
 """
 
@@ -25,6 +26,7 @@ from keras_ntk.ntk import (  # noqa: E402
     InfiniteWidthKernel,
     NTKMemoryError,
     empirical_ntk,
+    infinite_width_cnn_kernel,
     infinite_width_kernel,
     ntk_vector_product,
 )
@@ -38,6 +40,7 @@ __all__ = [
     "EmpiricalNTKKernel",
     "InfiniteWidthKernel",
     "empirical_ntk",
+    "infinite_width_cnn_kernel",
     "infinite_width_kernel",
     "ntk_vector_product",
     "data",

@@ -173,3 +173,98 @@ def test_bad_input_shapes_raise_value_error():
         keras_ntk.infinite_width_kernel(np.ones(3), depth=1)
     with pytest.raises(ValueError, match="same number of features"):
         keras_ntk.infinite_width_kernel(np.ones((2, 3)), np.ones((2, 4)), depth=1)
+
+
+def _mean_empirical_trace_ntk(build, x, seeds):
+    kernels = []
+    for seed in range(seeds):
+        keras.utils.set_random_seed(200 + seed)
+        kernels.append(keras_ntk.empirical_ntk(build(), x, output="trace").numpy())
+    return np.mean(kernels, axis=0)
+
+
+@pytest.mark.parametrize("activation", ["relu", "erf"])
+def test_standard_parametrization_ntk_is_the_limit_of_the_empirical_ntk(activation):
+    """The width-dependent standard-parametrization limit: seed-averaged error falls ~1/width."""
+    x = np.random.default_rng(6).normal(size=(6, 5)).astype(np.float32)
+    errors = []
+    for width in (16, 128, 1024):
+        analytic = keras_ntk.infinite_width_kernel(
+            x, depth=2, activation=activation, parametrization="standard", width=width
+        ).numpy()
+        mean = _mean_empirical_trace_ntk(
+            lambda: keras_ntk.models.mlp(
+                width, 2, 1, activation=activation, parametrization="standard", input_shape=(5,)
+            ),
+            x,
+            seeds=4,
+        )
+        errors.append(np.linalg.norm(mean - analytic) / np.linalg.norm(analytic))
+    assert all(b < a for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < 0.05, errors
+
+
+@pytest.mark.parametrize("pooling", ["flatten", "global_average"])
+def test_cnn_kernel_with_1x1_convolutions_is_the_mlp_kernel_of_the_pixels(pooling):
+    """1x1 convolutions act on each pixel as an MLP: the CNN kernel averages the MLP
+    kernel of the pixels over positions p = q (flatten) or over all pairs (p, q)."""
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=(3, 4, 5, 2)), rng.normal(size=(2, 4, 5, 2))
+    kw = dict(depth=3, activation="erf", w_std=1.2, b_std=0.3)
+    pixel_kernel = keras_ntk.infinite_width_kernel(
+        a.reshape(-1, 2), b.reshape(-1, 2), **kw
+    ).numpy().reshape(3, 4, 5, 2, 4, 5)
+    if pooling == "flatten":
+        expected = np.einsum("nhwmhw->nmhw", pixel_kernel).mean(axis=(2, 3))
+    else:
+        expected = pixel_kernel.mean(axis=(1, 2, 4, 5))
+    cnn = keras_ntk.infinite_width_cnn_kernel(a, b, kernel_size=1, pooling=pooling, **kw).numpy()
+    np.testing.assert_allclose(cnn, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("pooling", ["flatten", "global_average"])
+@pytest.mark.parametrize("parametrization", ["ntk", "standard"])
+def test_mean_empirical_cnn_ntk_converges_to_analytic_ntk_with_width(pooling, parametrization):
+    x = np.random.default_rng(8).normal(size=(4, 5, 5, 2)).astype(np.float32)
+    errors = []
+    for width in (8, 64, 512):
+        analytic = keras_ntk.infinite_width_cnn_kernel(
+            x, depth=2, pooling=pooling, parametrization=parametrization, width=width
+        ).numpy()
+        mean = _mean_empirical_trace_ntk(
+            lambda: keras_ntk.models.cnn(
+                width, 2, 1, pooling=pooling, parametrization=parametrization, input_shape=x.shape[1:]
+            ),
+            x,
+            seeds=3,
+        )
+        errors.append(np.linalg.norm(mean - analytic) / np.linalg.norm(analytic))
+    assert all(b < a for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < 0.05, errors
+
+
+def test_cnn_nngp_matches_monte_carlo_output_covariance():
+    x = np.random.default_rng(9).normal(size=(3, 5, 5, 2)).astype(np.float32)
+    samples = []
+    for seed in range(40):
+        keras.utils.set_random_seed(seed)
+        model = keras_ntk.models.cnn(64, 2, 16, input_shape=x.shape[1:])
+        samples.append(model(x).numpy().T)
+    nngp = keras_ntk.infinite_width_cnn_kernel(x, depth=2, kind="nngp").numpy()
+    _assert_covariance_close(np.concatenate(samples).astype(np.float64), nngp)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(depth=0), "at least one convolution"),
+        (dict(depth=2, kernel_size=2), "kernel_size"),
+        (dict(depth=2, pooling="max"), "pooling"),
+        (dict(depth=2, parametrization="standard"), "width"),
+    ],
+)
+def test_bad_cnn_arguments_raise_value_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        keras_ntk.infinite_width_cnn_kernel(np.ones((2, 4, 4, 1)), **kwargs)
+    with pytest.raises(ValueError, match="height, width, channels"):
+        keras_ntk.infinite_width_cnn_kernel(np.ones((2, 16)), depth=1)

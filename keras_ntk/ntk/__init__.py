@@ -1,7 +1,7 @@
 """Neural tangent kernels of Keras models: empirical (tiled, structured) and infinite-width."""
 
 from keras_ntk.ntk.empirical import NTK, empirical_ntk
-from keras_ntk.ntk.infinite import infinite_width_kernel
+from keras_ntk.ntk.infinite import infinite_width_cnn_kernel, infinite_width_kernel
 from keras_ntk.ntk.memory import NTKMemoryError
 from keras_ntk.ntk.tfp_kernels import EmpiricalNTKKernel, InfiniteWidthKernel
 from keras_ntk.ntk.vector_products import ntk_vector_product
@@ -12,6 +12,7 @@ __all__ = [
     "EmpiricalNTKKernel",
     "InfiniteWidthKernel",
     "empirical_ntk",
+    "infinite_width_cnn_kernel",
     "infinite_width_kernel",
     "ntk_vector_product",
 ]
