@@ -1,0 +1,71 @@
+"""Regenerate the checked-in gRPC code from protos/ with grpc_tools.protoc.
+
+    python -m serving.generate_protos            # rewrite serving/v1/serving_pb2*.py(i)
+    python -m serving.generate_protos --check    # exit 1 when the checked-in files are stale
+
+The generated modules are checked in (so installing needs no protoc); the
+versions of grpcio-tools and protobuf are pinned in pyproject.toml, so this
+command reproduces them byte for byte (tests/test_serving_protos.py checks).
+"""
+
+import argparse
+import pathlib
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PROTO_DIR = ROOT / "protos"
+PROTOS = ("serving/v1/serving.proto",)
+GENERATED = ("serving_pb2.py", "serving_pb2.pyi", "serving_pb2_grpc.py")
+
+
+def generate(out_dir):
+    """Run protoc on PROTOS, writing Python modules under out_dir (mirroring protos/).
+
+    Returns the list of generated file paths.
+    """
+    import grpc_tools
+    from grpc_tools import protoc
+
+    include = pathlib.Path(grpc_tools.__file__).parent / "_proto"
+    out_dir = pathlib.Path(out_dir)
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_DIR}",
+        f"-I{include}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        *(str(PROTO_DIR / p) for p in PROTOS),
+    ]
+    if protoc.main(args) != 0:
+        raise RuntimeError(f"protoc failed: {' '.join(args)}")
+    return [out_dir / "serving" / "v1" / name for name in GENERATED]
+
+
+def stale_files():
+    """Names of checked-in generated files that differ from a fresh generation."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = generate(tmp)
+        checked_in = ROOT / "serving" / "v1"
+        return [p.name for p in fresh if (checked_in / p.name).read_bytes() != p.read_bytes()]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when stale")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_files()
+        if stale:
+            print(f"stale generated files: {', '.join(stale)}; run python -m serving.generate_protos")
+            return 1
+        print("generated files are up to date")
+        return 0
+    for path in generate(ROOT):
+        print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

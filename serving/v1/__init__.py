@@ -1,0 +1,1 @@
+"""Generated gRPC code for keras_ntk.serving.v1 (python -m serving.generate_protos)."""
