@@ -14,7 +14,12 @@ reported, never silent. Predictions are TFP distributions over (M, K) outputs.
 """
 
 import functools
+import json
 import math
+import os
+import pathlib
+import shutil
+import tempfile
 
 import keras
 import numpy as np
@@ -128,6 +133,20 @@ def joint_distribution(mean, covariance, what):
     return tfd.MultivariateNormalTriL(loc=tf.reshape(mean, [-1]), scale_tril=chol), factor
 
 
+def _empirical_kernel_and_mean(frozen, output, center):
+    """The empirical-NTK kernel of `frozen` for `output`, and its mean f(x; theta) (or None)."""
+    kernel = NTK(frozen, output="trace" if output == "independent" else "full", dtype="float64")
+    mean_fn = None
+    if center:
+        dtype = frozen.inputs[0].dtype
+
+        def mean_fn(x):
+            f = frozen(np.asarray(x, dtype=dtype), training=False)
+            return tf.reshape(f, (tf.shape(f)[0], -1))
+
+    return kernel, mean_fn
+
+
 def _frozen_copy(model):
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
@@ -171,6 +190,8 @@ class NTKGP:
         self.kernel = kernel
         self.mean_fn = mean_fn
         self.output = output
+        self._recipe = None  # how save() can rebuild the kernel: set by empirical / infinite_width
+        self._model = None
         self.x_train = check_examples(x_train, "x_train")
         self.y_train = check_targets(y_train)
         self.num_outputs = int(self.y_train.shape[1])
@@ -200,16 +221,11 @@ class NTKGP:
         itself, m(x) = f(x; theta) at the copied weights; center=False a zero mean.
         """
         frozen = _frozen_copy(model)
-        kernel = NTK(frozen, output="trace" if output == "independent" else "full", dtype="float64")
-        mean_fn = None
-        if center:
-            dtype = frozen.inputs[0].dtype
-
-            def mean_fn(x):
-                f = frozen(np.asarray(x, dtype=dtype), training=False)
-                return tf.reshape(f, (tf.shape(f)[0], -1))
-
-        return cls(kernel, x_train, y_train, noise_variance, mean_fn=mean_fn, output=output)
+        kernel, mean_fn = _empirical_kernel_and_mean(frozen, output, center)
+        gp = cls(kernel, x_train, y_train, noise_variance, mean_fn=mean_fn, output=output)
+        gp._recipe = {"kernel": "empirical_ntk", "center": bool(center)}
+        gp._model = frozen
+        return gp
 
     @classmethod
     def infinite_width(
@@ -227,15 +243,10 @@ class NTKGP:
         """Zero-mean GP with the analytic infinite-width NTK (kind="ntk") or NNGP
         (kind="nngp") of `keras_ntk.models.mlp` (arguments as `infinite_width_kernel`),
         shared by independent outputs."""
-        kernel = functools.partial(
-            infinite_width_kernel,
-            depth=depth,
-            activation=activation,
-            w_std=w_std,
-            b_std=b_std,
-            kind=kind,
-        )
-        return cls(kernel, x_train, y_train, noise_variance)
+        recipe = dict(depth=depth, activation=activation, w_std=w_std, b_std=b_std, kind=kind)
+        gp = cls(functools.partial(infinite_width_kernel, **recipe), x_train, y_train, noise_variance)
+        gp._recipe = {"kernel": "infinite_width", **recipe}
+        return gp
 
     @property
     def jitter(self):
@@ -323,3 +334,116 @@ class NTKGP:
             + copies * self.factorization.log_det()
             + n * k * math.log(2 * math.pi)
         )
+
+    # -- persistence ------------------------------------------------------------
+    @property
+    def model(self):
+        """The (copied) network of an `empirical` GP, else None."""
+        return self._model
+
+    def save(self, directory):
+        """Write the GP into `directory`, atomically (a temporary directory renamed
+        into place): metadata.json, posterior.npz (x_train (N, ...), y_train (N, K),
+        the Cholesky factor of the Gram (N, N) or (N K, N K), the representer
+        weights alpha, residual y - m(X), jitter, condition number) and, for an
+        `empirical` GP, model.keras (the network at the copied weights).
+
+        Only GPs built by `NTKGP.empirical` or `NTKGP.infinite_width` can be saved;
+        a GP over an arbitrary kernel callable raises ValueError.
+        """
+        if self._recipe is None:
+            raise ValueError(
+                "save() needs to know how to rebuild the kernel: only GPs built by "
+                "NTKGP.empirical or NTKGP.infinite_width can be saved."
+            )
+        if self._recipe["kernel"] == "infinite_width" and not isinstance(self._recipe["activation"], str):
+            raise ValueError("save() needs the activation of an infinite-width GP given by name.")
+        directory = pathlib.Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            if self._model is not None:
+                self._model.save(staging / "model.keras")
+            np.savez(
+                staging / "posterior.npz",
+                x_train=self.x_train,
+                y_train=self.y_train.numpy(),
+                chol=self.factorization.chol.numpy(),
+                jitter=self.factorization.jitter,
+                condition_number=self.factorization.condition_number,
+                residual=self._residual.numpy(),
+                alpha=self._alpha.numpy(),
+                noise_variance=self.noise_variance,
+            )
+            (staging / "metadata.json").write_text(json.dumps(self._metadata(), indent=2))
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.replace(staging, directory)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return directory
+
+    def _metadata(self):
+        from keras_ntk import __version__
+
+        meta = {
+            "format": "keras-ntk posterior",
+            "keras_ntk": __version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "posterior": "ntk_gp",
+            "likelihood": "regression",
+            "structure": self.output,
+            "kernel": dict(self._recipe),
+            "noise_variance": self.noise_variance,
+            "jitter": self.jitter,
+            "train_examples": int(self.x_train.shape[0]),
+            "input_shape": list(self.x_train.shape[1:]),
+            "output_shape": [self.num_outputs],
+        }
+        if self._model is not None:
+            meta["input_shape"] = list(self._model.input_shape[1:])
+            meta["output_shape"] = list(self._model.output_shape[1:])
+            meta["parameters"] = int(sum(math.prod(v.shape) for v in self._model.trainable_variables))
+        return meta
+
+    @classmethod
+    def load(cls, directory, model=None):
+        """Restore a GP saved by `save` without refactorizing: the stored Cholesky
+        factor and representer weights are used as they are. `model` defaults to
+        the saved model.keras (loaded with safe_mode=True)."""
+        directory = pathlib.Path(directory)
+        meta = json.loads((directory / "metadata.json").read_text())
+        if meta.get("posterior") != "ntk_gp":
+            raise ValueError(f"{directory} holds a {meta.get('posterior')!r} posterior, not an NTK-GP.")
+        recipe = dict(meta["kernel"])
+        gp = cls.__new__(cls)
+        gp.output = meta["structure"]
+        gp._recipe = recipe
+        gp._model = None
+        gp.mean_fn = None
+        if recipe["kernel"] == "empirical_ntk":
+            if model is None:
+                model = keras.models.load_model(directory / "model.keras", safe_mode=True, compile=False)
+            gp._model = model
+            gp.kernel, gp.mean_fn = _empirical_kernel_and_mean(model, gp.output, recipe["center"])
+        elif recipe["kernel"] == "infinite_width":
+            kwargs = {k: v for k, v in recipe.items() if k != "kernel"}
+            gp.kernel = functools.partial(infinite_width_kernel, **kwargs)
+        else:
+            raise ValueError(f"Unknown kernel {recipe['kernel']!r} in {directory / 'metadata.json'}.")
+        with np.load(directory / "posterior.npz") as state:
+            gp.x_train = state["x_train"]
+            gp.y_train = tf.constant(state["y_train"], tf.float64)
+            gp.noise_variance = float(state["noise_variance"])
+            gp.factorization = numerics.Factorization(
+                tf.constant(state["chol"], tf.float64),
+                float(state["jitter"]),
+                float(state["condition_number"]),
+            )
+            gp._residual = tf.constant(state["residual"], tf.float64)
+            gp._alpha = tf.constant(state["alpha"], tf.float64)
+        gp.num_outputs = int(gp.y_train.shape[1])
+        gp.predictive_jitter = None
+        return gp
