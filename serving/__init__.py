@@ -1,0 +1,1 @@
+"""gRPC service answering kernel and predictive-uncertainty queries for exported models."""
