@@ -10,6 +10,7 @@ command reproduces them byte for byte (tests/test_serving_protos.py checks).
 
 import argparse
 import pathlib
+import subprocess
 import sys
 import tempfile
 
@@ -25,11 +26,12 @@ def generate(out_dir):
     Returns the list of generated file paths.
     """
     import grpc_tools
-    from grpc_tools import protoc
 
     include = pathlib.Path(grpc_tools.__file__).parent / "_proto"
     out_dir = pathlib.Path(out_dir)
     args = [
+        sys.executable,
+        "-m",
         "grpc_tools.protoc",
         f"-I{PROTO_DIR}",
         f"-I{include}",
@@ -38,8 +40,11 @@ def generate(out_dir):
         f"--grpc_python_out={out_dir}",
         *(str(PROTO_DIR / p) for p in PROTOS),
     ]
-    if protoc.main(args) != 0:
-        raise RuntimeError(f"protoc failed: {' '.join(args)}")
+    # A separate process: protoc's compiler and an imported TensorFlow's protobuf
+    # runtime do not share one process safely.
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"protoc failed: {' '.join(args)}\n{result.stderr}")
     return [out_dir / "serving" / "v1" / name for name in GENERATED]
 
 
