@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[experiments,serving,dev]'
 	touch $(STAMP)
 
+# The quick reproduction of every experiment; ends by printing the index report's path.
 demo: $(STAMP)
-	$(BIN)/keras-ntk demo
+	$(BIN)/keras-ntk reproduce --preset quick --out results
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q

@@ -40,11 +40,15 @@ def import_tensorflow_quietly():
         tf.config.list_physical_devices()
 
 
+# Compiled closures created per model (the NTK engine's, the experiments' training loop).
+_OWN_FUNCTIONS = ("keras_ntk", "FeatureMap", "NTK.", "train_full_batch")
+
+
 class _OwnTracingNoise:
     """Logging filter for TF warnings about keras_ntk's own compiled functions.
 
-    Each NTK / FeatureMap compiles its own closures and traces them once per
-    input shape; TF counts traces per code location across instances and warns
+    Each NTK / FeatureMap / training loop compiles its own closures and traces
+    them once per model and input shape; TF counts traces per code location across instances and warns
     about "retracing". pfor's "uses a while_loop. Fix that!" notes address TF's
     developers. Neither is actionable for a user; other warnings pass.
     """
@@ -52,7 +56,7 @@ class _OwnTracingNoise:
     def filter(self, record):
         message = record.getMessage()
         if "triggered tf.function retracing" in message:
-            return not any(own in message for own in ("keras_ntk", "FeatureMap", "NTK."))
+            return not any(own in message for own in _OWN_FUNCTIONS)
         return "uses a while_loop. Fix that!" not in message
 
 

@@ -58,7 +58,19 @@ def demo(widths, depths, seeds, examples, out=sys.stdout):
     return distances
 
 
+def _run_demo(args):
+    demo(args.widths, args.depths, args.seeds, args.examples)
+
+
+# Modules whose `add_commands(subparsers)` registers further subcommands; each
+# subcommand sets `handler`, called with the parsed arguments. Imports there stay
+# light so that `--help` does not load TensorFlow.
+_COMMAND_MODULES = ("experiments.cli", "serving.cli")
+
+
 def _parser():
+    import importlib
+
     parser = argparse.ArgumentParser(prog="keras-ntk", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("demo", help="empirical vs infinite-width NTK across widths and depths")
@@ -66,6 +78,9 @@ def _parser():
     p.add_argument("--depths", type=_int_list, default=[1, 2, 4])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--examples", type=int, default=64)
+    p.set_defaults(handler=_run_demo)
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).add_commands(commands)
     return parser
 
 
@@ -73,9 +88,7 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     import keras_ntk  # noqa: F401  (imports TensorFlow quietly)
 
-    if args.command == "demo":
-        demo(args.widths, args.depths, args.seeds, args.examples)
-    return 0
+    return args.handler(args) or 0
 
 
 if __name__ == "__main__":
