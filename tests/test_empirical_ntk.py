@@ -105,6 +105,96 @@ def test_per_layer_kernels_are_each_layers_share():
     _assert_close(sum(v.numpy() for v in per_layer.values()), brute_force_ntk(model, x))
 
 
+def _functional(shape, build):
+    inputs = keras.Input(shape)
+    return keras.Model(inputs, build(inputs))
+
+
+def _residual(x):
+    h = keras.layers.Dense(6, activation="relu")(x)
+    return keras.layers.Dense(2)(keras.layers.Add()([h, keras.layers.Dense(6, activation="relu")(h)]))
+
+
+# name -> (builder, whether its dense layers form a chain for the recursion)
+_L = keras.layers
+_DENSE_MODELS = {
+    "erf": (lambda: keras_ntk.models.mlp(16, 2, 3, activation="erf", b_std=0.2, input_shape=(4,)), True),
+    "tanh_standard": (
+        lambda: keras_ntk.models.mlp(16, 3, 2, activation="tanh", parametrization="standard", input_shape=(4,)),
+        True,
+    ),
+    "identity_no_bias": (lambda: keras.Sequential([
+        keras.Input((4,)),
+        keras_ntk.layers.Dense(8, w_std=1.3, use_bias=False),
+        keras_ntk.layers.Dense(3, w_std=1.3, b_std=0.5),
+    ]), True),
+    "keras_dense_dropout_tanh_readout": (lambda: keras.Sequential([
+        keras.Input((4,)), _L.Dense(8, activation="relu"), _L.Dropout(0.5), _L.Dense(8),
+        _L.Dense(3, activation="tanh"),
+    ]), True),
+    "layernorm_then_chain": (lambda: _functional((4,), lambda x: _L.Dense(3)(
+        _L.Dense(8, activation="relu")(_L.LayerNormalization()(x)))), True),
+    "single_layer": (lambda: keras.Sequential([keras.Input((4,)), _L.Dense(2)]), True),
+    "residual": (lambda: _functional((4,), _residual), False),
+    "softplus": (lambda: keras.Sequential([
+        keras.Input((4,)), _L.Dense(8, activation="softplus"), _L.Dense(2)]), False),
+    "activation_after_readout": (lambda: keras.Sequential([
+        keras.Input((4,)), _L.Dense(8, activation="relu"), _L.Dense(2), _L.Activation("tanh")]), False),
+    "dense_on_sequence": (lambda: keras.Sequential([
+        keras.Input((3, 4)), _L.Dense(5, activation="relu"), _L.Flatten(), _L.Dense(2)]), False),
+    "layernorm_inside": (lambda: _functional((4,), lambda x: _L.Dense(2)(
+        _L.LayerNormalization()(_L.Dense(8, activation="relu")(x)))), False),
+}
+
+
+@pytest.mark.parametrize("name", list(_DENSE_MODELS))
+def test_dense_chain_recursion_equals_brute_force(name):
+    """Dense chains take the explicit backward recursion, everything else the probe
+    path; both equal brute force in every output mode and per layer."""
+    build, chain = _DENSE_MODELS[name]
+    keras.utils.set_random_seed(13)
+    model = build()
+    x = np.random.default_rng(14).normal(size=(6, *model.input_shape[1:])).astype(np.float32)
+    full = brute_force_ntk(model, x)
+    ntk = keras_ntk.NTK(model, per_layer=True)
+    per_layer = ntk(x)
+    assert (ntk._features._chain is not None) == chain
+    _assert_close(sum(v.numpy() for v in per_layer.values()), full)
+    for output in ("full", "trace", "diagonal"):
+        _assert_close(keras_ntk.NTK(model, output=output)(x), _reduce(full, output))
+    x2 = x[:4] + 0.5
+    _assert_close(keras_ntk.NTK(model)(x, x2), brute_force_ntk(model, np.concatenate([x, x2]))[:6, 6:])
+
+
+def test_dense_chain_per_layer_kernels_are_each_layers_share():
+    """The recursion's per-layer split, against brute force over one layer at a time."""
+    keras.utils.set_random_seed(15)
+    model = keras_ntk.models.mlp(12, 2, 2, activation="erf", parametrization="standard", input_shape=(3,))
+    x = np.random.default_rng(15).normal(size=(5, 3)).astype(np.float32)
+    ntk = keras_ntk.NTK(model, per_layer=True)
+    per_layer = ntk(x)
+    assert ntk._features._chain is not None
+    for name, kernel in per_layer.items():
+        others = [layer for layer in model.layers if layer is not model.get_layer(name)]
+        for other in others:
+            other.trainable = False
+        try:
+            _assert_close(kernel, brute_force_ntk(model, x))
+        finally:
+            for other in others:
+                other.trainable = True
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 9])
+@pytest.mark.parametrize("output", ["full", "trace"])
+def test_symmetric_block_equals_general_block(n, output):
+    """x2 = None computes pairs of parts on and above the diagonal and mirrors them."""
+    for model in (ZOO["mlp_ntk"], ZOO["cnn_standard_flatten"]):
+        x = np.random.default_rng(n).normal(size=(n, *model.input_shape[1:])).astype(np.float32)
+        ntk = keras_ntk.NTK(model, output=output)
+        _assert_close(ntk(x), ntk(x, x.copy()).numpy(), rtol=1e-6)
+
+
 @pytest.mark.parametrize("method", ["structured", "jacobian", "ntk_vp"])
 def test_frozen_layers_are_excluded(method):
     keras.utils.set_random_seed(4)
@@ -129,13 +219,14 @@ def test_shared_layer_called_twice_is_handled():
 
 @pytest.mark.parametrize("output", ["full", "trace", "diagonal"])
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_tiled_equals_untiled(output, symmetric):
-    model = ZOO["cnn_ntk"]
+@pytest.mark.parametrize("name, budget", [("cnn_ntk", 300_000), ("mlp_ntk", 30_000)])
+def test_tiled_equals_untiled(output, symmetric, name, budget):
+    model = ZOO[name]
     rng = np.random.default_rng(6)
-    x1 = rng.normal(size=(11, 6, 6, 2)).astype(np.float32)
-    x2 = None if symmetric or output == "diagonal" else rng.normal(size=(7, 6, 6, 2)).astype(np.float32)
+    x1 = rng.normal(size=(11, *model.input_shape[1:])).astype(np.float32)
+    x2 = None if symmetric or output == "diagonal" else rng.normal(size=(7, *model.input_shape[1:])).astype(np.float32)
     whole = keras_ntk.NTK(model, output=output)(x1, x2).numpy()
-    tiled_ntk = keras_ntk.NTK(model, output=output, memory_budget=300_000)
+    tiled_ntk = keras_ntk.NTK(model, output=output, memory_budget=budget)
     _assert_close(tiled_ntk(x1, x2), whole, rtol=1e-6)
     chunk, _ = tiled_ntk.plan(11, 11 if x2 is None else 7)
     assert 1 < chunk < 7  # several tiles, the last padded

@@ -17,6 +17,7 @@ import math
 
 import tensorflow as tf
 
+from keras_ntk.ntk import chain as chain_lib
 from keras_ntk.ntk import rules as rules_lib
 
 
@@ -72,6 +73,9 @@ class FeatureMap:
         rules = rules_lib.find_rules(model) if method == "structured" else []
         calls, self._positions, self.num_outputs = rules_lib.trace_calls(model, rules, example)
         self._rules = [r for r in rules if calls[r.name] == 1]
+        self._chain = chain_lib.find(model, self._rules, example)
+        if self._chain is not None:
+            self._rules = self._chain
         unused = {id(v) for r in rules if calls[r.name] == 0 for v in r.variables}
         ruled = {id(v) for r in self._rules for v in r.variables}
         self._jacobian_variables = [
@@ -97,7 +101,9 @@ class FeatureMap:
 
     def _features(self, x):
         factors = []
-        if self._rules:
+        if self._chain is not None:
+            factors += [(a, delta) for _, a, delta in chain_lib.probe_chain(self.model, self._chain, x)]
+        elif self._rules:
             _, probes = rules_lib.probe_layers(self.model, self._rules, x)
             factors += [self._rule_factors(*probe) for probe in probes]
         if self._jacobian_variables:

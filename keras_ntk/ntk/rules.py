@@ -17,6 +17,7 @@ Jacobian is formed.
 import contextlib
 import dataclasses
 import math
+import typing
 
 import keras
 import tensorflow as tf
@@ -117,21 +118,36 @@ def find_rules(model):
     return rules
 
 
+class Call(typing.NamedTuple):
+    """One recorded call of a rule layer: inputs, pre-activation z (probe not
+    included), the probe (None when not probing) and the layer's outputs."""
+
+    rule: LayerRule
+    inputs: tf.Tensor
+    z: tf.Tensor
+    probe: typing.Optional[tf.Tensor]
+    outputs: tf.Tensor
+
+
 @contextlib.contextmanager
 def probed(rules, tape, records):
-    """Patch each rule layer's `call` to record (rule, input, probe) and add the probe.
+    """Patch each rule layer's `call` to record a `Call` and, with a tape, add a probe.
 
-    `records` receives one (rule, inputs, probe) tuple per call; the probe is a
-    zero tensor of z's shape watched by `tape`.
+    `records` receives one `Call` per call. With a `tape`, the probe is a zero
+    tensor of z's shape watched by `tape` and the layer returns
+    activation(z + probe); with tape=None nothing is added.
     """
 
     def make_call(rule):
         def call(inputs, *args, **kwargs):
             z = rule.pre_activation(inputs)
-            probe = tf.zeros_like(z)
-            tape.watch(probe)
-            records.append((rule, inputs, probe))
-            return rule.layer.activation(z + probe)
+            probe = None
+            if tape is not None:
+                probe = tf.zeros_like(z)
+                tape.watch(probe)
+            outputs = rule.layer.activation(z if probe is None else z + probe)
+            records.append(Call(rule, inputs, z, probe, outputs))
+            return outputs
 
         return call
 
@@ -155,13 +171,13 @@ def trace_calls(model, rules, example):
     with tf.GradientTape() as tape:
         with probed(rules, tape, records):
             f = flat_outputs(model, example)
-    names = [rule.name for rule, _, _ in records]
-    positions = {rule.name: int(rule.patches(a).shape[1]) for rule, a, _ in records}
+    names = [call.rule.name for call in records]
+    positions = {call.rule.name: int(call.rule.patches(call.inputs).shape[1]) for call in records}
     return {rule.name: names.count(rule.name) for rule in rules}, positions, int(f.shape[1])
 
 
-def flat_outputs(model, x):
-    """model(x) in inference mode as (n, K): trailing output axes are flattened."""
+def model_outputs(model, x):
+    """model(x) in inference mode, checked to be one tensor of shape (n, ...)."""
     out = model(x, training=False)
     if isinstance(out, (list, tuple, dict)):
         raise ValueError(
@@ -170,6 +186,12 @@ def flat_outputs(model, x):
         )
     if len(out.shape) < 2:
         raise ValueError(f"Model outputs must have shape (batch, ...), got {out.shape}.")
+    return out
+
+
+def flat_outputs(model, x):
+    """model(x) in inference mode as (n, K): trailing output axes are flattened."""
+    out = model_outputs(model, x)
     return tf.reshape(out, (tf.shape(out)[0], -1))
 
 
@@ -189,10 +211,10 @@ def probe_layers(model, rules, x):
         with probed(rules, tape, records):
             f = flat_outputs(model, x)
         total = tf.reduce_sum(f, axis=0)
-    deltas = tape.jacobian(total, [probe for _, _, probe in records])
+    deltas = tape.jacobian(total, [call.probe for call in records])
     out = []
-    for (rule, inputs, _), delta in zip(records, deltas):
-        patches = rule.patches(inputs)
+    for call, delta in zip(records, deltas):
+        rule, patches = call.rule, call.rule.patches(call.inputs)
         k, n = tf.shape(delta)[0], tf.shape(delta)[1]
         delta = tf.reshape(delta, (k, n, patches.shape[1], -1))
         out.append((rule, patches, tf.transpose(delta, (1, 0, 2, 3))))
