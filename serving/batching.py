@@ -4,7 +4,9 @@ Requests are queued; one worker thread takes everything queued (up to
 `max_examples` examples), waiting at most `max_wait` seconds for more after the
 first, concatenates the inputs along the batch axis, runs `fn` once and splits
 the results. With max_wait=0 nothing waits: requests that arrive while a pass
-runs form the next batch, so a lone request pays only a thread hand-off.
+runs form the next batch. A request that finds the batcher idle (nothing
+running or queued) runs at once in the caller's thread, so a lone request pays
+no thread hand-off.
 Only functions whose result for one example does not depend on the others
 (marginal predictives) may be batched.
 """
@@ -34,6 +36,8 @@ class MicroBatcher:
     def __init__(self, fn, max_examples=256, max_wait=0.0, name="batcher"):
         self.fn, self.max_examples, self.max_wait = fn, max_examples, max_wait
         self._queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._active = 0  # requests running inline, queued or in the worker's pass
         self._pending = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -45,8 +49,25 @@ class MicroBatcher:
         `deadline` (time.monotonic() seconds) fails the request with DeadlineExceeded
         when it has passed before its batch runs."""
         future = concurrent.futures.Future()
-        self._queue.put((x, deadline, future))
+        with self._lock:
+            inline = self._active == 0 and self.max_wait == 0
+            self._active += 1
+        if not inline:
+            self._queue.put((x, deadline, future))
+            return future
+        try:
+            future.set_running_or_notify_cancel()
+            try:
+                future.set_result(tuple(self.fn(x)))
+            except Exception as error:
+                future.set_exception(error)
+        finally:
+            self._done(1)
         return future
+
+    def _done(self, count):
+        with self._lock:
+            self._active -= count
 
     def close(self):
         """Stop the worker after the queued requests are answered."""
@@ -84,7 +105,10 @@ class MicroBatcher:
                     break
                 items.append(item)
                 count += len(item[0])
-            self._answer(items)
+            try:
+                self._answer(items)
+            finally:
+                self._done(len(items))
             if stop:
                 return
 

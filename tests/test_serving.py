@@ -333,23 +333,33 @@ def test_health_and_reflection_through_the_standard_clients(served):
 
 # -- the micro-batcher ------------------------------------------------------------------
 def test_micro_batcher_answers_queued_requests_in_one_pass():
-    release, calls = threading.Event(), []
+    release, calls, threads = threading.Event(), [], {}
 
     def double(x):
         calls.append(len(x))
-        if len(calls) == 1:
+        threads.setdefault(len(calls), threading.current_thread().name)
+        if len(calls) <= 2:
             release.wait(30)
         return (2 * x, x.sum(axis=1))
 
-    batcher = MicroBatcher(double, max_examples=4, max_wait=0.0)
-    first = batcher.submit(np.ones((1, 3)))
-    while not calls:
-        time.sleep(0.001)
-    inputs = [np.full((2, 3), float(i)) for i in range(3)]
-    futures = [batcher.submit(x) for x in inputs]
+    def wait_for_calls(count):
+        while len(calls) < count:
+            time.sleep(0.001)
+
+    batcher = MicroBatcher(double, max_examples=4, max_wait=0.0, name="worker")
+    results = {}
+    lone = threading.Thread(target=lambda: results.setdefault("lone", batcher.submit(np.ones((1, 3)))), name="caller")
+    lone.start()  # the batcher is idle: this request runs in its caller's thread
+    wait_for_calls(1)
+    second = batcher.submit(np.zeros((2, 3)))  # busy: queued, the worker takes it alone
+    wait_for_calls(2)
+    inputs = [np.full((2, 3), float(i)) for i in range(1, 4)]
+    futures = [batcher.submit(x) for x in inputs]  # queued while both passes run
     late = batcher.submit(np.ones((1, 3)), deadline=time.monotonic() - 1)
     release.set()
-    np.testing.assert_array_equal(first.result(30)[0], 2 * np.ones((1, 3)))
+    lone.join()
+    np.testing.assert_array_equal(results["lone"].result(30)[0], 2 * np.ones((1, 3)))
+    np.testing.assert_array_equal(second.result(30)[0], np.zeros((2, 3)))
     for x, future in zip(inputs, futures):
         doubled, sums = future.result(30)
         np.testing.assert_array_equal(doubled, 2 * x)
@@ -357,4 +367,5 @@ def test_micro_batcher_answers_queued_requests_in_one_pass():
     with pytest.raises(DeadlineExceeded):
         late.result(30)
     batcher.close()
-    assert calls == [1, 4, 2]  # the two queued requests of 2 share a pass (max_examples=4)
+    assert calls == [1, 2, 4, 2]  # two queued requests of 2 share one pass (max_examples=4)
+    assert threads[1] == "caller" and threads[2] == threads[3] == "worker"

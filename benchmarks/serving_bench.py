@@ -1,0 +1,232 @@
+"""Load generator for the gRPC service: Predict with variance over loopback.
+
+    .venv/bin/python benchmarks/serving_bench.py            # about 3 minutes
+    .venv/bin/python benchmarks/serving_bench.py --quick    # about 1 minute
+
+Trains an MLP (default width 512, 2 hidden layers, 16 inputs, 1 output) on
+synthetic regression data, fits a linearized Laplace (default structure "kron":
+K-FAC, the structure that scales to width 512; "full" would need a P x P
+precision with P = 272k parameters), exports it and starts `keras-ntk serve`
+as a separate process. Then it reports, for batch sizes 1 and 64 and 1 and N
+concurrent clients (threads of this process, each with its own channel):
+p50 / p99 latency and throughput of Predict with variance, beside the same
+computation in-process (the server's compiled predictive called directly in
+this process, and the public Laplace.predict) and the overhead ratio
+server / in-process. It repeats N clients at batch 1 with the micro-batcher
+off, and ends with a soak of N clients for --soak seconds counting errors.
+Every served answer is checked against the in-process one first.
+"""
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+import keras_ntk  # noqa: E402
+from keras_ntk.predictive import Laplace  # noqa: E402
+from serving import export, predictors  # noqa: E402
+from serving.client import Client  # noqa: E402
+
+
+def percentiles(latencies):
+    values = np.sort(np.asarray(latencies)) * 1e3
+    return float(np.percentile(values, 50)), float(np.percentile(values, 99))
+
+
+def build(args):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(args.train, args.input_dim)).astype(np.float32)
+    y = np.sin(x[:, :1]) + 0.1 * rng.normal(size=(args.train, 1))
+    model = keras_ntk.models.mlp(args.width, args.depth, 1, input_shape=(args.input_dim,))
+    model.compile(keras.optimizers.Adam(1e-3), "mse")
+    model.fit(x, y.astype(np.float32), epochs=20, batch_size=64, verbose=0)
+    laplace = Laplace(model, "regression", structure=args.structure, prior_precision=1.0, noise_variance=0.01)
+    return laplace.fit((x, y)), x
+
+
+def start_server(base, batching, workers):
+    command = [sys.executable, "-m", "keras_ntk.cli", "serve", "--model-dir", str(base), "--port", "0",
+               "--max-workers", str(workers), "--log-level", "WARNING"]
+    if not batching:
+        command.append("--no-batching")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    banner = process.stdout.readline()
+    match = re.search(r"listening on (\S+?)(?:;|\s)", banner)
+    if not match:
+        process.kill()
+        raise SystemExit(f"server did not start: {banner!r}")
+    target = match.group(1)
+    with Client(target) as client:
+        for _ in range(6000):
+            try:
+                if client.status("bench")[0]["state"] == "AVAILABLE":
+                    return process, target
+            except Exception:
+                pass
+            time.sleep(0.05)
+    process.kill()
+    raise SystemExit("the model did not become available")
+
+
+def stop_server(process):
+    process.terminate()
+    process.wait(timeout=120)
+
+
+def run_load(call, concurrency, duration, make_state=lambda: None):
+    """Run call(state) in `concurrency` threads for `duration` seconds.
+    Returns (latencies, completed, errors, elapsed)."""
+    latencies, errors = [], []
+    lock = threading.Lock()
+    start_barrier = threading.Barrier(concurrency + 1)
+    stop_at = [0.0]
+
+    def worker():
+        state = make_state()
+        mine, failed = [], []
+        start_barrier.wait()
+        while time.perf_counter() < stop_at[0]:
+            t0 = time.perf_counter()
+            try:
+                call(state)
+            except Exception as error:  # counted and reported
+                failed.append(repr(error)[:200])
+                continue
+            mine.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(mine)
+            errors.extend(failed)
+        if hasattr(state, "close"):
+            state.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    stop_at[0] = time.perf_counter() + duration
+    t0 = time.perf_counter()
+    start_barrier.wait()
+    for t in threads:
+        t.join()
+    return latencies, len(latencies), errors, time.perf_counter() - t0
+
+
+def row(label, batch, concurrency, latencies, elapsed, errors):
+    p50, p99 = percentiles(latencies)
+    rate = len(latencies) / elapsed
+    print(
+        f"{label:<34} {batch:>5} {concurrency:>5} {p50:>9.3f} {p99:>9.3f} {rate:>10.1f} {rate * batch:>11.1f} {len(errors):>6}",
+        flush=True,
+    )
+    return p50, p99, rate
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--depth", type=int, default=2)
+    parser.add_argument("--input-dim", type=int, default=16)
+    parser.add_argument("--train", type=int, default=256)
+    parser.add_argument("--structure", default="kron")
+    parser.add_argument("--batches", default="1,64")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=8, help="server handler threads")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per configuration")
+    parser.add_argument("--soak", type=float, default=60.0, help="seconds of the N-client soak")
+    parser.add_argument("--quick", action="store_true", help="3 s per configuration, 10 s soak")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.soak = 3.0, 10.0
+    batches = [int(b) for b in args.batches.split(",")]
+
+    laplace, x_train = build(args)
+    parameters = sum(int(np.prod(v.shape)) for v in laplace.model.trainable_variables)
+    predictive = predictors.build(laplace)
+    rng = np.random.default_rng(1)
+    inputs = {b: rng.normal(size=(b, args.input_dim)).astype(np.float32) for b in batches}
+    base = tempfile.mkdtemp(prefix="serving-bench-")
+    export.export(laplace, base, "bench")
+    print(
+        f"MLP width {args.width}, depth {args.depth}, {args.input_dim} inputs, 1 output, {parameters} parameters; "
+        f"Laplace structure {args.structure!r}; Predict with variance; {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f} at start"
+    )
+    header = f"{'':<34} {'batch':>5} {'conc.':>5} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>10} {'examples/s':>11} {'errors':>6}"
+    print(header)
+
+    results = {}
+    for batch in batches:
+        x = inputs[batch]
+        _, reference = laplace.predict(x).mean().numpy(), laplace.predict(x).variance().numpy()
+        lat, _, err, el = run_load(lambda s: laplace.predict(x).variance().numpy(), 1, min(args.duration, 3.0))
+        results["laplace.predict", batch, 1] = row("in-process Laplace.predict", batch, 1, lat, el, err)
+        for concurrency in (1, args.concurrency):
+            lat, _, err, el = run_load(lambda s: predictive.marginal(x), concurrency, args.duration)
+            results["in-process", batch, concurrency] = row("in-process compiled predictive", batch, concurrency, lat, el, err)
+        np.testing.assert_allclose(np.diagonal(predictive.marginal(x)[1], axis1=1, axis2=2), reference, rtol=1e-6, atol=1e-12)
+
+    for batching in (True, False):
+        process, target = start_server(base, batching, args.workers)
+        label = "gRPC server" + ("" if batching else ", batcher off")
+        try:
+            with Client(target) as check:
+                for batch in batches:
+                    got = check.predict("bench", inputs[batch]).variance
+                    np.testing.assert_allclose(got, laplace.predict(inputs[batch]).variance().numpy(), rtol=1e-6, atol=1e-12)
+            for batch in batches if batching else [1]:
+                x = inputs[batch]
+                for concurrency in (1, args.concurrency) if batching else (args.concurrency,):
+                    lat, _, err, el = run_load(
+                        lambda client: client.predict("bench", x), concurrency, args.duration, lambda: Client(target)
+                    )
+                    results[label, batch, concurrency] = row(label, batch, concurrency, lat, el, err)
+            if batching:
+                lat, _, err, el = run_load(
+                    lambda client: client.predict("bench", inputs[1]), args.concurrency, args.soak, lambda: Client(target)
+                )
+                soak = row(f"soak {args.soak:g} s", 1, args.concurrency, lat, el, err)
+                soak_errors = err
+        finally:
+            stop_server(process)
+
+    print()
+    n = args.concurrency
+    p50_server = results["gRPC server", 1, 1][0]
+    print(f"target: Predict with variance p50 <= 5 ms at batch 1: {p50_server:.3f} ms -> {'met' if p50_server <= 5 else 'NOT met'}")
+    for batch in batches:
+        server, local = results["gRPC server", batch, 1], results["in-process", batch, 1]
+        ratio = server[0] / local[0]
+        print(
+            f"overhead batch {batch}, 1 client: p50 {server[0]:.3f} ms vs in-process compiled {local[0]:.3f} ms "
+            f"= {ratio:.2f}x (target <= 1.5x: {'met' if ratio <= 1.5 else 'NOT met'}); "
+            f"vs Laplace.predict {results['laplace.predict', batch, 1][0]:.3f} ms = "
+            f"{server[0] / results['laplace.predict', batch, 1][0]:.2f}x"
+        )
+        server_n, local_n = results["gRPC server", batch, n], results["in-process", batch, n]
+        print(
+            f"throughput batch {batch}, {n} clients: server {server_n[2]:.0f} req/s vs in-process {local_n[2]:.0f} req/s "
+            f"(in-process / server = {local_n[2] / server_n[2]:.2f}x)"
+        )
+    on, off = results["gRPC server", 1, n], results["gRPC server, batcher off", 1, n]
+    print(
+        f"micro-batcher at batch 1, {n} clients: {on[2]:.0f} req/s, p50 {on[0]:.2f} ms with it; "
+        f"{off[2]:.0f} req/s, p50 {off[0]:.2f} ms without ({on[2] / off[2]:.2f}x throughput)"
+    )
+    print(f"soak: {n} clients for {args.soak:g} s, {soak[2] * args.soak:.0f} requests, {len(soak_errors)} errors"
+          + (f" (first: {soak_errors[0]})" if soak_errors else ""))
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
