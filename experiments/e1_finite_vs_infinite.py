@@ -65,6 +65,8 @@ def _kernel(config, params, kind="ntk"):
         keras_ntk.infinite_width_kernel,
         depth=params["depth"],
         activation=config.activation,
+        w_std=config.w_std,
+        b_std=config.b_std,
         parametrization=params["parametrization"],
         width=params["width"],
         kind=kind,
@@ -85,6 +87,8 @@ def compute(config, data, params):
         params["depth"],
         1,
         activation=config.activation,
+        w_std=config.w_std,
+        b_std=config.b_std,
         parametrization=params["parametrization"],
         input_shape=(1,),
     )
@@ -213,8 +217,9 @@ def report(config, data, records, directory, env):
     at_widest = [means[-1] for _, means, _ in summary.values()]
     headline = (
         f"At width {widest} the trained networks still differ from the kernel-regime prediction by "
-        f"{100 * min(at_widest):.0f}-{100 * max(at_widest):.0f}% (relative L2 on the grid); the distance "
-        f"falls with width with log-log slopes {', '.join(f'{s:.2f}' for s in slopes)}."
+        f"{100 * min(at_widest):.0f}-{100 * max(at_widest):.0f}% (relative L2 on the grid). Log-log slopes "
+        f"of the distance against width: {', '.join(f'{s:.2f}' for s in slopes)} (in the kernel regime "
+        f"it would vanish like width^(-1/2))."
     )
     run_rows = [[r["params"]["parametrization"], r["params"]["depth"], r["params"]["width"], r["params"]["seed"],
                  r["result"]["distance_to_kernel_regime"], r["result"]["train_rmse"], r["result"]["gradient_norm"]]
@@ -223,7 +228,7 @@ def report(config, data, records, directory, env):
         __doc__.split("\n\n", 1)[1].strip(),
         "",
         f"Settings: {config.train_points} points, noise std {config.noise_std}, gap {list(config.gap)}, "
-        f"{config.activation} MLPs, Adam at {config.learning_rate} with cosine decay over {config.steps} "
+        f"{config.activation} MLPs (w_std {config.w_std:.3g}, b_std {config.b_std:.3g}), Adam at {config.learning_rate} with cosine decay over {config.steps} "
         f"full-batch steps, seeds {list(config.seeds)}.",
         "",
         f"**Finding.** {headline}",

@@ -63,8 +63,7 @@ def _run_demo(args):
 
 
 # Modules whose `add_commands(subparsers)` registers further subcommands; each
-# subcommand sets `handler`, called with the parsed arguments. Imports there stay
-# light so that `--help` does not load TensorFlow.
+# subcommand sets `handler`, called with the parsed arguments.
 _COMMAND_MODULES = ("experiments.cli", "serving.cli")
 
 

@@ -152,14 +152,14 @@ def test_e1_run_fits_the_data_and_reports_the_kernel_regime_prediction(tmp_path)
     assert not np.any((x > low) & (x < high))
     result = e1_finite_vs_infinite.compute(config, data, dict(parametrization="ntk", depth=2, width=64, seed=0))
 
-    kernel = dict(depth=2, parametrization="ntk")
+    kernel = dict(depth=2, parametrization="ntk", w_std=config.w_std, b_std=config.b_std)
     k_xx = keras_ntk.infinite_width_kernel(x, **kernel).numpy()
     k_gx = keras_ntk.infinite_width_kernel(grid, x, **kernel).numpy()
     f0_grid = np.array(result["initial_prediction"])
     f0_x = np.array(result["initial_train_prediction"])
     expected = f0_grid + k_gx @ np.linalg.solve(k_xx + config.noise_std**2 * np.eye(40), y[:, 0] - f0_x)
     np.testing.assert_allclose(result["kernel_regime_prediction"], expected, rtol=1e-6, atol=1e-6)
-    assert result["train_rmse"] < 0.5 * np.std(y)
+    assert result["train_rmse"] < 2 * config.noise_std
     assert np.all(np.array(result["laplace_std"]) > 0)
     f = np.array(result["prediction"])
     assert result["distance_to_kernel_regime"] == pytest.approx(
@@ -205,4 +205,4 @@ def test_quick_reproduction_writes_reports_with_the_kernel_regime_findings(tmp_p
         assert at_widest == sorted(at_widest), (architecture, at_widest)
     assert "slope" in (tmp_path / "E5" / "report.md").read_text()
     e1 = [json.loads(p.read_text())["result"] for p in (tmp_path / "E1" / "runs").glob("*.json")]
-    assert all(r["train_rmse"] < 0.5 for r in e1)
+    assert all(r["train_rmse"] < 3 * configs.preset("E1", "quick").noise_std for r in e1)
