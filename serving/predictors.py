@@ -265,7 +265,7 @@ def _function_space_covariance(model, curvature, delta, scale):
         return tf.einsum(pattern, tf.stack([blocks[name] for name in names]), inverse_delta)
 
     def cov4(x, joint):
-        fx = feature_map._features(x)
+        fx = feature_map(x)  # the FeatureMap's own tf.function, traced into this one
         cross = contract_lib.contract(groups, fx, train, "full", F64, True)
         k_star = weighted(cross, "gijkl,g->ijkl")  # (n, N, K, K)
         k_star_l = tf.einsum("ijkl,jlc->ikjc", k_star, lam)  # K_*X L: (n, K, N, K)
@@ -298,7 +298,7 @@ def for_gp(gp):
         return tf.zeros((tf.shape(x)[0], k), F64)
 
     def parts(x):
-        fx = feature_map._features(x)
+        fx = feature_map(x)  # the FeatureMap's own tf.function, traced into this one
         n = tf.shape(x)[0]
         if output == "independent":
             cross = contract_lib.contract(groups, fx, train, "trace", F64, False)  # (n, N)

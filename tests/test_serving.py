@@ -32,12 +32,6 @@ TOL = dict(rtol=1e-6, atol=1e-9)
 D, K = 3, 2
 
 
-def _train(model, x, y, steps=60):
-    model.compile(keras.optimizers.Adam(0.02), "mse")
-    model.fit(x, y, epochs=steps, batch_size=len(x), verbose=0)
-    return model
-
-
 def wait_until_available(client, expected, timeout=120.0):
     """Poll ListModels until every (name, version) in `expected` is AVAILABLE."""
     end = time.monotonic() + timeout
@@ -59,14 +53,14 @@ def served(tmp_path_factory):
     x = rng.normal(size=(10, D)).astype(np.float32)
     y = np.stack([np.sin(x[:, 0]), np.cos(x[:, 1])], axis=1).astype(np.float32)
     x_test = rng.normal(size=(6, D)).astype(np.float32)
-    model = _train(keras_ntk.models.mlp(8, 2, K, input_shape=(D,)), x, y)
+    model = keras_ntk.models.mlp(8, 2, K, input_shape=(D,))  # the weights need no training to be served
     base = tmp_path_factory.mktemp("models")
     posteriors = {}
     for structure in LAPLACE_STRUCTURES:
         laplace = Laplace(model, "regression", structure=structure, prior_precision=0.7, noise_variance=0.05)
         posteriors[f"reg-{structure}"] = laplace.fit((x, y))
     labels = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0.5)
-    classifier = _train(keras_ntk.models.mlp(8, 1, 3, input_shape=(D,)), x, np.eye(3)[labels])
+    classifier = keras_ntk.models.mlp(8, 1, 3, input_shape=(D,))
     posteriors["cls-kron"] = Laplace(classifier, "classification", structure="kron", prior_precision=0.5).fit((x, labels))
     posteriors["gp-independent"] = NTKGP.empirical(model, x, y, 0.05, output="independent")
     posteriors["gp-full"] = NTKGP.empirical(model, x, y, 0.05, output="full")
