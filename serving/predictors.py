@@ -17,8 +17,9 @@ Kronecker factors), function_space (Cholesky of I + c B, per-layer kernels over
 the stored training inputs). NTKGP (empirical NTK): the GP posterior with the
 stored Cholesky factor of the Gram matrix and representer weights.
 
-Tracing the probed forward pass patches the model's layers, so every trace
-runs under TRACE_LOCK; after warm-up, calls run concurrently.
+Tracing the probed forward pass patches the model's layers, so every trace of
+one model runs under that model's lock (`build(posterior, lock)`, shared with
+the kernel computations on the model); after warm-up, calls run concurrently.
 """
 
 import math
@@ -34,7 +35,6 @@ from keras_ntk.predictive import gp as gp_lib
 from keras_ntk.predictive import laplace as laplace_lib
 from keras_ntk.predictive import numerics
 
-TRACE_LOCK = threading.RLock()
 F64 = tf.float64
 
 
@@ -88,14 +88,13 @@ class Predictive:
         )
 
     def warm_up(self):
-        """Trace every compiled function once (under TRACE_LOCK), so requests never trace."""
-        with TRACE_LOCK:
-            x = np.zeros((2, *self.input_shape), self.input_dtype)
-            mean, cov = self.marginal(x)
-            self.joint(x)
-            if self.likelihood == "classification":
-                self.probit(mean, cov)
-                self.monte_carlo(mean, cov, 2, 0)
+        """Trace every compiled function once, so requests never trace (call under the model's lock)."""
+        x = np.zeros((2, *self.input_shape), self.input_dtype)
+        mean, cov = self.marginal(x)
+        self.joint(x)
+        if self.likelihood == "classification":
+            self.probit(mean, cov)
+            self.monte_carlo(mean, cov, 2, 0)
 
     def marginal(self, x):
         """(mean (n, K), covariance blocks (n, K, K)) as float64 numpy arrays."""
@@ -331,9 +330,10 @@ def for_gp(gp):
     return Predictive(model, "regression", gp.noise_variance, gp.jitter, marginal, joint)
 
 
-def build(posterior):
-    """The `Predictive` of a Laplace or an empirical NTKGP, warmed up."""
-    with TRACE_LOCK:
+def build(posterior, lock=None):
+    """The `Predictive` of a Laplace or an empirical NTKGP, warmed up under `lock`
+    (the lock of everything that traces the posterior's model; default a new one)."""
+    with lock or threading.RLock():
         if isinstance(posterior, laplace_lib.Laplace):
             predictive = for_laplace(posterior)
         elif isinstance(posterior, gp_lib.NTKGP):

@@ -13,6 +13,7 @@ Optional labels per model: BASE/NAME/labels.json, {"stable": 3, ...}; the label
 "latest" always means the highest AVAILABLE version.
 """
 
+import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -58,12 +59,14 @@ class Registry:
       base_dir: the model base directory (may be empty or not exist yet).
       load: callable (name, version, path) -> servable, raising on failure.
       poll_interval: seconds between scans.
+      load_workers: versions loaded at once.
       on_health: callable (name, serving: bool) called when a model's readiness
         (at least one AVAILABLE version) changes.
     """
 
-    def __init__(self, base_dir, load, poll_interval=1.0, on_health=None):
+    def __init__(self, base_dir, load, poll_interval=1.0, on_health=None, load_workers=2):
         self.base_dir = pathlib.Path(base_dir)
+        self.load_workers = load_workers
         self._load, self.poll_interval = load, poll_interval
         self._on_health = on_health or (lambda name, serving: None)
         self._models = {}  # name -> {version: VersionRecord}
@@ -117,11 +120,12 @@ class Registry:
                     if VERSION_PATTERN.match(v.name) and v.is_dir() and _inside(v, base)
                 }
                 self._read_labels(entry)
-        for name, versions in found.items():
-            for version, path in sorted(versions.items()):
-                if self._stop.is_set():
-                    return
-                self._consider(name, version, path)
+        candidates = [(n, v, p) for n, versions in found.items() for v, p in sorted(versions.items())]
+        with concurrent.futures.ThreadPoolExecutor(self.load_workers, thread_name_prefix="registry-load") as pool:
+            for future in [pool.submit(self._consider, *candidate) for candidate in candidates]:
+                future.result()
+        if self._stop.is_set():
+            return
         with self._lock:
             gone = [
                 (name, version, record)
@@ -153,6 +157,8 @@ class Registry:
             self._labels[model_dir.name] = labels
 
     def _consider(self, name, version, path):
+        if self._stop.is_set():
+            return
         signature = _signature(path)
         with self._lock:
             record = self._models.get(name, {}).get(version)

@@ -27,7 +27,10 @@ class Servable:
         self.metadata = loading.read_metadata(path)
         self.metadata_json = (path / "metadata.json").read_text()
         self.posterior, self.model = loading.load_posterior(path)
-        self.predictive = predictors.build(self.posterior)
+        # Everything that traces this model (warm-up, kernels) holds this lock: the
+        # engine's probed forward pass patches the model's layers while it traces.
+        self._model_lock = threading.Lock()
+        self.predictive = predictors.build(self.posterior, self._model_lock)
         self.input_shape = self.predictive.input_shape
         self.input_dtype = self.predictive.input_dtype
         self.output_dtype = np.dtype(self.model.outputs[0].dtype)
@@ -35,7 +38,6 @@ class Servable:
         self.num_outputs = self.predictive.num_outputs
         self.likelihood = self.predictive.likelihood
         self._kernels = {}
-        self._kernel_lock = threading.Lock()
         self.batcher = None
         if batching:
             self.batcher = MicroBatcher(
@@ -61,13 +63,12 @@ class Servable:
     def kernel(self, x1, x2, output, per_layer, dtype):
         """keras_ntk.NTK(model, output, per_layer, dtype)(x1, x2) as numpy (dict with per_layer).
 
-        Kernel computations of one model run one at a time: the engine probes the
-        model's layers while it traces.
+        Kernel computations of one model run one at a time (under the model's lock).
         """
         from keras_ntk import NTK
 
         key = (output, per_layer, np.dtype(dtype).name)
-        with self._kernel_lock:
+        with self._model_lock:
             if key not in self._kernels:
                 self._kernels[key] = NTK(self.model, output=output, per_layer=per_layer, dtype=dtype, progress=False)
             value = self._kernels[key](x1, x2)

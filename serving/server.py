@@ -42,6 +42,7 @@ class Server:
       max_batch_examples, max_batch_wait: the batcher's limits (examples, seconds).
       limits: validation.Limits for request sizes.
       max_message_bytes: largest request and response message.
+      load_workers: model versions loaded at once.
     """
 
     def __init__(
@@ -61,6 +62,7 @@ class Server:
         max_batch_wait=0.0,
         limits=None,
         max_message_bytes=64 << 20,
+        load_workers=2,
     ):
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("TLS needs both a certificate and its key (or neither).")
@@ -80,7 +82,7 @@ class Server:
         def load(name, version, path):
             return Servable(name, version, path, batching, max_batch_examples, max_batch_wait)
 
-        self.registry = Registry(base_dir, load, poll_interval, on_health=self._set_health)
+        self.registry = Registry(base_dir, load, poll_interval, self._set_health, load_workers)
         self._executor = futures.ThreadPoolExecutor(max_workers, thread_name_prefix="keras-ntk-serving")
         self._server = grpc.server(
             self._executor,
