@@ -110,6 +110,12 @@ class Server:
             self.port = self._server.add_insecure_port(address)
         if not self.port:
             raise OSError(f"Could not bind {address} (in use, or not an address of this machine).")
+        if host not in ("127.0.0.1", "localhost", "::1") and not (self.tls and tokens):
+            log.warning(
+                "listening on %s without %s: anyone who can reach this address can query the models",
+                address,
+                " and ".join(w for w, on in (("TLS", self.tls), ("bearer tokens", bool(tokens))) if not on),
+            )
 
     def _set_health(self, name, serving):
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class KernelServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Errors: NOT_FOUND (unknown model, version or label), INVALID_ARGUMENT (shapes, dtypes,
+    NaN/Inf; the message says what was expected), RESOURCE_EXHAUSTED (above the server's
+    size limits), DEADLINE_EXCEEDED, UNAUTHENTICATED (when the server requires a bearer token).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -62,34 +65,42 @@ class KernelServiceStub:
 
 
 class KernelServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Errors: NOT_FOUND (unknown model, version or label), INVALID_ARGUMENT (shapes, dtypes,
+    NaN/Inf; the message says what was expected), RESOURCE_EXHAUSTED (above the server's
+    size limits), DEADLINE_EXCEEDED, UNAUTHENTICATED (when the server requires a bearer token).
+    """
 
     def Predict(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Predictive mean and variance (or joint covariance, or class probabilities) at inputs.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ComputeKernel(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The empirical NTK of the model at x1 (and x2), streamed in tiles.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetModelMetadata(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Shapes, dtypes, likelihood, parametrization, parameter count, posterior, versions.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetModelStatus(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Load state of each version of a model.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every model of the base directory with its versions and labels.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -131,7 +142,10 @@ def add_KernelServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class KernelService:
-    """Missing associated documentation comment in .proto file."""
+    """Errors: NOT_FOUND (unknown model, version or label), INVALID_ARGUMENT (shapes, dtypes,
+    NaN/Inf; the message says what was expected), RESOURCE_EXHAUSTED (above the server's
+    size limits), DEADLINE_EXCEEDED, UNAUTHENTICATED (when the server requires a bearer token).
+    """
 
     @staticmethod
     def Predict(request,
