@@ -81,8 +81,8 @@ class NTK:
         self._features = None
         self._strategy = None
         self._contract = tf.function(
-            lambda f1, f2: contract_lib.contract(
-                self._features.groups, f1, f2, self.output, self.dtype, self.per_layer
+            lambda f1, f2, symmetric: contract_lib.contract(
+                self._features.groups, f1, f2, self.output, self.dtype, self.per_layer, symmetric
             ),
             reduce_retracing=True,
         )
@@ -184,7 +184,7 @@ class NTK:
         return chunk, (n + m) * factor <= spare
 
     # -- computation ----------------------------------------------------------
-    def _block(self, rows, cols, row_factors, col_factors):
+    def _block(self, rows, cols, row_factors, col_factors, symmetric=False):
         if self.method == "ntk_vp":
             if self.output == "diagonal":
                 full = tf.vectorized_map(
@@ -195,7 +195,7 @@ class NTK:
             if self.output == "trace":
                 return tf.reduce_mean(tf.linalg.diag_part(full), axis=-1)
             return full
-        return self._contract(row_factors, col_factors)
+        return self._contract(row_factors, None if symmetric else col_factors, symmetric)
 
     def __call__(self, x1, x2=None):
         x1 = self._as_inputs(x1, "x1")
@@ -248,7 +248,7 @@ class NTK:
                 side = "rows" if symmetric else "cols"
                 f_cols = factors(side, j, col_chunks, keep=cache or (symmetric and i == j))
             rows, cols = tf.constant(row_chunks[i][0]), tf.constant(col_chunks[j][0])
-            yield (i, j), self._block(rows, cols, f_rows, f_cols)
+            yield (i, j), self._block(rows, cols, f_rows, f_cols, symmetric and i == j)
 
     def _distributed_blocks(self, devices, row_chunks, col_chunks, pairs):
         """Yield ((i, j), block), tiles shared by `devices` in rounds through a
