@@ -86,6 +86,18 @@ class NTK:
             ),
             reduce_retracing=True,
         )
+        self._whole = tf.function(
+            lambda x: contract_lib.contract(
+                self._features.groups,
+                self._features.factors(x),
+                None,
+                self.output,
+                self.dtype,
+                self.per_layer,
+                symmetric=True,
+            ),
+            reduce_retracing=True,
+        )
         self._vp_block = tf.function(
             lambda a, b: vector_products.kernel_block(model, a, b), reduce_retracing=True
         )
@@ -226,6 +238,10 @@ class NTK:
     def _local_blocks(self, row_chunks, col_chunks, pairs, symmetric, cache):
         """Yield ((i, j), block) on the default device, reusing factors of chunks:
         all of them when `cache`, else those of the current row chunk."""
+        if symmetric and len(pairs) == 1 and self.method != "ntk_vp":
+            # the one tile is the whole kernel: factors and contraction in one call
+            yield (0, 0), self._whole(tf.constant(row_chunks[0][0]))
+            return
         store = {}
 
         def factors(side, index, chunks, keep):
@@ -275,10 +291,15 @@ class NTK:
         show = self.progress if self.progress is not None else len(pairs) >= 8
         bar = keras.utils.Progbar(len(pairs), unit_name="tile") if show else None
         devices = _devices()
-        if len(devices) > 1:
+        if len(devices) > 1 and len(pairs) > 1:
             blocks = self._distributed_blocks(devices, row_chunks, col_chunks, pairs)
         else:
             blocks = self._local_blocks(row_chunks, col_chunks, pairs, symmetric, cache)
+        if len(pairs) == 1:  # one tile, unpadded (see _chunks): the whole result
+            ((_, block),) = blocks
+            if bar is not None:
+                bar.update(1)
+            return block
         results = {}
         for t, ((i, j), block) in enumerate(blocks):
             _, n_rows, start_i = row_chunks[i]

@@ -87,7 +87,7 @@ class FeatureMap:
         self.groups = [self._rule_group(r) for r in self._rules] + [
             Group(name, "gradient") for name in self._jacobian_groups
         ]
-        self._compiled = tf.function(lambda x: self._features(x), reduce_retracing=True)
+        self._compiled = tf.function(lambda x: self.factors(x), reduce_retracing=True)
 
     def _rule_group(self, rule):
         if self._positions[rule.name] == 1:
@@ -99,7 +99,8 @@ class FeatureMap:
             )
         return Group(rule.name, "gradient")
 
-    def _features(self, x):
+    def factors(self, x):
+        """Factors for x (n, ...), traced into the calling tf.function: see `__call__`."""
         factors = []
         if self._chain is not None:
             factors += [(a, delta) for _, a, delta in chain_lib.probe_chain(self.model, self._chain, x)]
