@@ -172,9 +172,11 @@ class KernelServicer(serving_pb2_grpc.KernelServiceServicer):
         output = KERNEL_OUTPUTS.get(request.output)
         if output is None:
             raise InvalidArgument(f"output {request.output} is not one of {list(pb.KernelOutput.keys())}.")
-        dtype = {pb.DATA_TYPE_UNSPECIFIED: np.float32, pb.DATA_TYPE_FLOAT32: np.float32}.get(request.dtype)
-        if request.dtype == pb.DATA_TYPE_FLOAT64:
-            dtype = np.float64
+        dtype = {
+            pb.DATA_TYPE_UNSPECIFIED: np.float32,
+            pb.DATA_TYPE_FLOAT32: np.float32,
+            pb.DATA_TYPE_FLOAT64: np.float64,
+        }.get(request.dtype)
         if dtype is None:
             raise InvalidArgument("dtype of a kernel must be DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT64.")
         x1 = validation.inputs(request.x1, servable.input_shape, servable.input_dtype, self.limits, "x1")
