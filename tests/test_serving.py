@@ -364,3 +364,31 @@ def test_micro_batcher_answers_queued_requests_in_one_pass():
     batcher.close()
     assert calls == [1, 2, 4, 2]  # two queued requests of 2 share one pass (max_examples=4)
     assert threads[1] == "caller" and threads[2] == threads[3] == "worker"
+
+
+@pytest.mark.parametrize(
+    "error, code",
+    [(RuntimeError("boom"), grpc.StatusCode.INTERNAL), (keras_ntk.NTKMemoryError("too big"), grpc.StatusCode.RESOURCE_EXHAUSTED)],
+)
+def test_unexpected_failures_map_to_status_codes(error, code):
+    class FailingRegistry:
+        def resolve(self, *args, **kwargs):
+            raise error
+
+    class Context:
+        def time_remaining(self):
+            return 10.0
+
+        def abort(self, code, details):
+            self.code, self.details = code, details
+            raise RuntimeError("aborted")
+
+    servicer = KernelServicer(FailingRegistry())
+    for call, request in (
+        (servicer.Predict, pb.PredictRequest(model_spec=pb.ModelSpec(name="m"))),
+        (lambda r, c: list(servicer.ComputeKernel(r, c)), pb.ComputeKernelRequest(model_spec=pb.ModelSpec(name="m"))),
+    ):
+        context = Context()
+        with pytest.raises(RuntimeError, match="aborted"):
+            call(request, context)
+        assert context.code == code and str(error) in context.details
