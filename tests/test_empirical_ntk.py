@@ -187,8 +187,10 @@ def test_dense_chain_per_layer_kernels_are_each_layers_share():
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 9])
 @pytest.mark.parametrize("output", ["full", "trace"])
-def test_symmetric_block_equals_general_block(n, output):
-    """x2 = None computes pairs of parts on and above the diagonal and mirrors them."""
+def test_symmetric_block_equals_general_block(n, output, monkeypatch):
+    """x2 = None computes the Gram pairs of example parts on and above the
+    diagonal and mirrors them (forced here for any size)."""
+    monkeypatch.setattr(keras_ntk.ntk.contract, "_MIN_PART_ROWS", 1)
     for model in (ZOO["mlp_ntk"], ZOO["cnn_standard_flatten"]):
         x = np.random.default_rng(n).normal(size=(n, *model.input_shape[1:])).astype(np.float32)
         ntk = keras_ntk.NTK(model, output=output)

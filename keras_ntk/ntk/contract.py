@@ -14,15 +14,17 @@ R_i = D_i (K, O) with c_ij = wc <A_i, A_j> + bc for a factored group, R_i = G_i
 (K, P) with c_ij = 1 for a gradient group; for "trace" R_i is flattened to
 one row (1, K P) and the block divided by K. The Grams are (n r, P) x (P, m r)
 matmuls whose (n, r, m, r) results are scaled, summed over groups and
-transposed once to (n, m, r, r). A symmetric block (x2 = x1) splits the
-examples into _PARTS parts and computes only the pairs of parts on and above
-the diagonal (10 of 16 for 4 parts), mirroring the others.
+transposed once to (n, m, r, r). A symmetric block (x2 = x1) of at least
+_PARTS * _MIN_PART_ROWS rows n r splits the examples into _PARTS parts and
+computes only the pairs of parts on and above the diagonal (10 of 16 for 4
+parts), mirroring the others.
 """
 
 import tensorflow as tf
 
 OUTPUTS = ("full", "trace", "diagonal")
 _PARTS = 4
+_MIN_PART_ROWS = 128  # smaller Gram parts (few examples, few outputs) cost more than they save
 
 
 def _diagonal(group, f):
@@ -57,6 +59,12 @@ def _gram(rows1, rows2, coef):
     gram = tf.matmul(tf.reshape(rows1, (-1, p)), tf.reshape(rows2, (-1, p)), transpose_b=True)
     gram = tf.reshape(gram, (n, r, m, r))
     return gram if coef is None else gram * coef[:, None, :, None]
+
+
+def _worth_parts(rows):
+    """Whether the symmetric block of rows (n, r, P) has enough rows n r for parts."""
+    n, r = rows.shape[0], rows.shape[1]
+    return n is not None and r is not None and n * r >= _PARTS * _MIN_PART_ROWS
 
 
 def _parts(n):
@@ -94,13 +102,13 @@ def contract(groups, factors1, factors2, output, dtype, per_layer, symmetric=Fal
         factors2 = factors1
     else:
         factors2 = [tuple(tf.cast(t, dtype) for t in f) for f in factors2]
-    n = tf.shape(factors1[0][-1])[0]
-    parts = _parts(n)
-    sums = {}  # name -> (n, r, m, r) Gram sum, or {(a, b): part} when symmetric
+    parted = symmetric and _worth_parts(_rows(factors1[0], output))
+    parts = _parts(tf.shape(factors1[0][-1])[0]) if parted else None
+    sums = {}  # name -> (n, r, m, r) Gram sum, or {(a, b): part} when parted
     for group, f1, f2 in zip(groups, factors1, factors2):
         rows1, rows2 = _rows(f1, output), _rows(f2, output)
         coef = _coefficient(group, f1, f2)
-        if symmetric:
+        if parted:
             new = {
                 (a, b): _gram(
                     rows1[lo:hi],
@@ -117,13 +125,13 @@ def contract(groups, factors1, factors2, output, dtype, per_layer, symmetric=Fal
         old = sums.get(key)
         if old is None:
             sums[key] = new
-        elif symmetric:
+        elif parted:
             sums[key] = {ab: old[ab] + new[ab] for ab in old}
         else:
             sums[key] = old + new
     blocks = {}
     for key, total in sums.items():
-        block = _mirror(total) if symmetric else tf.transpose(total, (0, 2, 1, 3))
+        block = _mirror(total) if parted else tf.transpose(total, (0, 2, 1, 3))
         if output == "trace":
             k = tf.shape(factors1[0][-1])[1]
             block = block[:, :, 0, 0] / tf.cast(k, dtype)
