@@ -113,8 +113,9 @@ def probe_chain(model, chain, x):
     deltas = [delta]
     for below, above in zip(records[-2::-1], records[:0:-1]):
         kernel = above.rule.layer.kernel.value  # (O_below, O_above)
-        back = tf.matmul(tf.reshape(delta, (-1, kernel.shape[1])), kernel, transpose_b=True)
-        delta = tf.reshape(back, (n, k, kernel.shape[0]))
+        # einsum rather than matmul(..., transpose_b=True): oneDNN's transposed-B
+        # matmul is about 15% slower here
+        delta = tf.einsum("nki,oi->nko", delta, kernel)
         scale = above.rule.weight_scale
         _, derivative = _derivative(below.rule.layer.activation)
         if derivative is not None:
