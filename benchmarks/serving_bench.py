@@ -57,9 +57,9 @@ def build(args):
     return laplace.fit((x, y)), x
 
 
-def start_server(base, batching, workers):
+def start_server(base, batching, workers, tf_threads):
     command = [sys.executable, "-m", "keras_ntk.cli", "serve", "--model-dir", str(base), "--port", "0",
-               "--max-workers", str(workers), "--log-level", "WARNING"]
+               "--max-workers", str(workers), "--tf-threads", str(tf_threads), "--log-level", "WARNING"]
     if not batching:
         command.append("--no-batching")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -156,6 +156,10 @@ def main(argv=None):
     parser.add_argument("--batches", default="1,64")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--workers", type=int, default=8, help="server handler threads")
+    parser.add_argument(
+        "--tf-threads", type=int, default=1,
+        help="TensorFlow threads of the server and of the in-process reference (0: TF default)",
+    )
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per configuration")
     parser.add_argument("--soak", type=float, default=60.0, help="seconds of the N-client soak")
     parser.add_argument("--quick", action="store_true", help="3 s per configuration, 10 s soak")
@@ -164,6 +168,9 @@ def main(argv=None):
         args.duration, args.soak = 3.0, 10.0
     batches = [int(b) for b in args.batches.split(",")]
 
+    from serving.cli import set_tf_threads
+
+    set_tf_threads(args.tf_threads)
     laplace, x_train = build(args)
     parameters = sum(int(np.prod(v.shape)) for v in laplace.model.trainable_variables)
     predictive = predictors.build(laplace)
@@ -173,7 +180,8 @@ def main(argv=None):
     export.export(laplace, base, "bench")
     print(
         f"MLP width {args.width}, depth {args.depth}, {args.input_dim} inputs, 1 output, {parameters} parameters; "
-        f"Laplace structure {args.structure!r}; Predict with variance; {os.cpu_count()} CPUs, "
+        f"Laplace structure {args.structure!r}; Predict with variance; TensorFlow threads "
+        f"{args.tf_threads or 'default'} (server and in-process); {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f} at start"
     )
     header = f"{'':<34} {'batch':>5} {'conc.':>5} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>10} {'examples/s':>11} {'errors':>6}"
@@ -191,7 +199,7 @@ def main(argv=None):
         np.testing.assert_allclose(np.diagonal(predictive.marginal(x)[1], axis1=1, axis2=2), reference, rtol=1e-6, atol=1e-12)
 
     for batching in (True, False):
-        process, target = start_server(base, batching, args.workers)
+        process, target = start_server(base, batching, args.workers, args.tf_threads)
         label = "gRPC server" + ("" if batching else ", batcher off")
         try:
             with Client(target) as check:
