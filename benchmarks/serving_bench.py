@@ -21,7 +21,7 @@ Every served answer is checked against the in-process one first.
 import argparse
 import os
 import re
-import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -257,6 +257,7 @@ def main(argv=None):
     print(f"soak: {n} clients for {args.soak:g} s, {soak[2] * args.soak:.0f} requests, {len(soak_errors)} errors"
           + (f" (first: {soak_errors[0]})" if soak_errors else ""))
     print(f"load average at end {os.getloadavg()[0]:.1f}")
+    shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
