@@ -4,7 +4,6 @@ Imports stay light (argparse only) so that `keras-ntk --help` does not load
 TensorFlow; each handler imports what it needs.
 """
 
-import argparse
 import json
 import sys
 
