@@ -1,6 +1,6 @@
 """`keras-ntk` subcommands of the gRPC service: export, serve, query.
 
-Imports stay light (argparse only) so that `keras-ntk --help` does not load
+Imports stay light (standard library only) so that registering the commands does not load
 TensorFlow; each handler imports what it needs.
 """
 
