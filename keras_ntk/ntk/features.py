@@ -9,6 +9,10 @@ variables of a layer without a rule). Each group yields per-example factors:
   "gradient"  (G (n, K, P)):            Theta_g = <G_ik, G_jl>,
               per-example gradients df_k/dtheta_g, formed structurally from
               patches and deltas (convolutions) or by autodiff (the Jacobian path).
+
+The deltas of rule layers come from the explicit backward recursion of
+chain.py when the rule layers are a chain of dense layers ending at the output,
+else from the probed pass of rules.py (K vectorized backward passes).
 """
 
 import collections
