@@ -185,7 +185,7 @@ def test_dense_chain_per_layer_kernels_are_each_layers_share():
                 other.trainable = True
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 9])
+@pytest.mark.parametrize("n", [1, 3, 9])
 @pytest.mark.parametrize("output", ["full", "trace"])
 def test_symmetric_block_equals_general_block(n, output, monkeypatch):
     """x2 = None computes the Gram pairs of example parts on and above the
