@@ -165,9 +165,10 @@ def _functions_figure(config, data, records, depth, directory):
                 ax.set_ylabel("f(x)")
             if i == rows - 1:
                 ax.set_xlabel("x")
-    axes[0, 0].legend(fontsize=6, loc="lower left")
-    figure.suptitle(f"E1: trained MLPs (depth {depth}) vs the infinite-width NTK-GP; shaded: the gap in the data")
-    figure.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    figure.suptitle(f"E1: trained MLPs (depth {depth}) vs the infinite-width NTK-GP; red: the gap in the data")
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     return reporting.save_figure(figure, directory, f"functions_depth{depth}")
 
 
