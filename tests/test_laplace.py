@@ -252,3 +252,21 @@ def test_singular_systems_name_the_jitter_tried():
     laplace = Laplace(model, structure="full").fit((x, y))
     laplace.predict(np.repeat(x_test[:1], 3, axis=0), joint=True)  # rank-deficient joint covariance
     assert laplace.jitter > 0
+
+
+def test_staged_directory_replaces_on_success_and_keeps_the_old_one_on_failure(tmp_path):
+    from keras_ntk.predictive import storage
+
+    target = tmp_path / "posterior"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with storage.staged_directory(target) as staging:
+            (staging / "new.txt").write_text("new")
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["posterior"]
+    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    with storage.staged_directory(target) as staging:
+        (staging / "new.txt").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["posterior"]
+    assert [p.name for p in target.iterdir()] == ["new.txt"]

@@ -16,10 +16,7 @@ reported, never silent. Predictions are TFP distributions over (M, K) outputs.
 import functools
 import json
 import math
-import os
 import pathlib
-import shutil
-import tempfile
 
 import keras
 import numpy as np
@@ -28,7 +25,7 @@ import tensorflow_probability as tfp
 
 from keras_ntk import models
 from keras_ntk.ntk import NTK, infinite_width_kernel
-from keras_ntk.predictive import numerics
+from keras_ntk.predictive import numerics, storage
 
 tfd = tfp.distributions
 
@@ -358,10 +355,7 @@ class NTKGP:
             )
         if self._recipe["kernel"] == "infinite_width" and not isinstance(self._recipe["activation"], str):
             raise ValueError("save() needs the activation of an infinite-width GP given by name.")
-        directory = pathlib.Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with storage.staged_directory(directory) as staging:
             if self._model is not None:
                 self._model.save(staging / "model.keras")
             np.savez(
@@ -376,13 +370,7 @@ class NTKGP:
                 noise_variance=self.noise_variance,
             )
             (staging / "metadata.json").write_text(json.dumps(self._metadata(), indent=2))
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(staging, directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return directory
+        return pathlib.Path(directory)
 
     def _metadata(self):
         from keras_ntk import __version__

@@ -14,10 +14,7 @@ differentiable in delta and s^2, which `optimize_hyperparameters` maximizes.
 
 import json
 import math
-import os
 import pathlib
-import shutil
-import tempfile
 
 import keras
 import numpy as np
@@ -26,7 +23,7 @@ import tensorflow_probability as tfp
 
 from keras_ntk.ntk import rules as rules_lib
 from keras_ntk.predictive import curvature as curvature_lib
-from keras_ntk.predictive import gp, numerics
+from keras_ntk.predictive import gp, numerics, storage
 
 tfd = tfp.distributions
 
@@ -313,10 +310,7 @@ class Laplace:
         """Write model.keras, posterior.npz and metadata.json into `directory`,
         atomically (a temporary directory renamed into place)."""
         self._require_fit()
-        directory = pathlib.Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with storage.staged_directory(directory) as staging:
             self.model.save(staging / "model.keras")
             state = {f"curvature/{k}": v for k, v in self.curvature.state().items()}
             np.savez(
@@ -330,13 +324,7 @@ class Laplace:
                 **state,
             )
             (staging / "metadata.json").write_text(json.dumps(self._metadata(), indent=2))
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(staging, directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return directory
+        return pathlib.Path(directory)
 
     def _metadata(self):
         from keras_ntk import __version__
