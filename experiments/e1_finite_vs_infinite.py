@@ -60,7 +60,7 @@ def load_data(config):
     return as_column(x[:, None]), as_column(y[:, None]), as_column(grid[:, None])
 
 
-def _kernel(config, params, kind="ntk"):
+def _kernel(config, params):
     return functools.partial(
         keras_ntk.infinite_width_kernel,
         depth=params["depth"],
@@ -69,7 +69,6 @@ def _kernel(config, params, kind="ntk"):
         b_std=config.b_std,
         parametrization=params["parametrization"],
         width=params["width"],
-        kind=kind,
     )
 
 

@@ -191,7 +191,6 @@ def report(config, data, records, directory, env):
 
     slope_rows, depth_rows = [], []
     for (architecture, parametrization, depth), metrics in sorted(summary.items()):
-        widths = metrics["init_distance"][0]
         slope_rows.append(
             [architecture, parametrization, depth]
             + [diagnostics.log_log_slope(w, m) if len(w) > 1 else float("nan")
