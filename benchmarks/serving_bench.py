@@ -16,6 +16,11 @@ server / in-process, measured with alternating calls so that both see the same
 load on a shared machine. It repeats N clients at batch 1 with the micro-batcher
 off, and ends with a soak of N clients for --soak seconds counting errors.
 Every served answer is checked against the in-process one first.
+
+The transport floor: an echo server (the same grpc.server setup and messages of
+the same size, but no model: `--echo-server`, started as its own process) shows
+what any grpcio server costs per call on this machine, so the report splits the
+server's latency into in-process computation + echo floor + the rest.
 """
 
 import argparse
@@ -55,6 +60,41 @@ def build(args):
     model.fit(x, y.astype(np.float32), epochs=20, batch_size=64, verbose=0)
     laplace = Laplace(model, "regression", structure=args.structure, prior_precision=1.0, noise_variance=0.01)
     return laplace.fit((x, y)), x
+
+
+def serve_echo(workers):
+    """Answer every Predict at once with zero mean and variance of the request's
+    batch size: a server with gRPC's per-call cost and none of the model's."""
+    from concurrent import futures
+
+    import grpc
+
+    from serving import tensors
+    from serving.v1 import serving_pb2 as pb
+    from serving.v1 import serving_pb2_grpc
+
+    class Echo(serving_pb2_grpc.KernelServiceServicer):
+        def Predict(self, request, context):
+            zeros = tensors.to_proto(np.zeros((request.inputs.shape[0], 1)))
+            spec = pb.ModelSpec(name=request.model_spec.name, version=1)
+            return pb.PredictResponse(model_spec=spec, mean=zeros, variance=zeros)
+
+    server = grpc.server(futures.ThreadPoolExecutor(workers))
+    serving_pb2_grpc.add_KernelServiceServicer_to_server(Echo(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(f"listening on 127.0.0.1:{port}", flush=True)
+    server.wait_for_termination()
+
+
+def start_echo(workers):
+    command = [sys.executable, __file__, "--echo-server", "--workers", str(workers)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    match = re.search(r"listening on (\S+)", process.stdout.readline())
+    if not match:
+        process.kill()
+        raise SystemExit("the echo server did not start")
+    return process, match.group(1)
 
 
 def start_server(base, batching, workers, tf_threads):
@@ -136,6 +176,19 @@ def paired(local, remote, duration):
     return local_lat, remote_lat
 
 
+def paced(call, gap, duration):
+    """Latencies of call() made one at a time with `gap` seconds of sleep in between:
+    the in-process computation as a server sees it, idle while answers travel."""
+    latencies = []
+    end = time.perf_counter() + duration
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        call()
+        latencies.append(time.perf_counter() - t0)
+        time.sleep(gap)
+    return latencies
+
+
 def row(label, batch, concurrency, latencies, elapsed, errors):
     p50, p99 = percentiles(latencies)
     rate = len(latencies) / elapsed
@@ -163,7 +216,10 @@ def main(argv=None):
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per configuration")
     parser.add_argument("--soak", type=float, default=60.0, help="seconds of the N-client soak")
     parser.add_argument("--quick", action="store_true", help="3 s per configuration, 10 s soak")
+    parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.echo_server:
+        return serve_echo(args.workers)
     if args.quick:
         args.duration, args.soak = 3.0, 10.0
     batches = [int(b) for b in args.batches.split(",")]
@@ -197,6 +253,22 @@ def main(argv=None):
             lat, _, err, el = run_load(lambda s: predictive.marginal(x), concurrency, args.duration)
             results["in-process", batch, concurrency] = row("in-process compiled predictive", batch, concurrency, lat, el, err)
         np.testing.assert_allclose(np.diagonal(predictive.marginal(x)[1], axis1=1, axis2=2), reference, rtol=1e-6, atol=1e-12)
+
+    process, target = start_echo(args.workers)
+    try:
+        for batch in batches:
+            lat, _, err, el = run_load(
+                lambda client: client.predict("bench", inputs[batch]), 1, args.duration, lambda: Client(target)
+            )
+            results["echo", batch] = row("gRPC echo server (no model)", batch, 1, lat, el, err)
+    finally:
+        stop_server(process)
+    for batch in batches:
+        gap = results["echo", batch][0] / 1e3
+        lat = paced(lambda: predictive.marginal(inputs[batch]), gap, args.duration)
+        results["in-process paced", batch] = row(
+            f"in-process, {gap * 1e3:.2f} ms idle between", batch, 1, lat, args.duration, []
+        )
 
     for batching in (True, False):
         process, target = start_server(base, batching, args.workers, args.tf_threads)
@@ -243,6 +315,15 @@ def main(argv=None):
             f"{results['gRPC server', batch, 1][0] / results['in-process', batch, 1][0]:.2f}x; "
             f"vs Laplace.predict {results['laplace.predict', batch, 1][0]:.3f} ms = "
             f"{server[0] / results['laplace.predict', batch, 1][0]:.2f}x"
+        )
+        server_1, local_1, echo = (results["gRPC server", batch, 1][0], results["in-process", batch, 1][0],
+                                   results["echo", batch][0])
+        idle = results["in-process paced", batch][0]
+        print(
+            f"floor batch {batch}: an echo server answers in {echo:.3f} ms, so no grpcio server can beat "
+            f"(in-process + echo) / in-process = {(local_1 + echo) / local_1:.2f}x here. The computation itself "
+            f"takes {idle:.3f} ms instead of {local_1:.3f} when idle {echo:.3f} ms between calls, as a server is; "
+            f"so this server = {idle:.3f} + echo {echo:.3f} + {server_1 - idle - echo:.3f} ms of its own"
         )
         server_n, local_n = results["gRPC server", batch, n], results["in-process", batch, n]
         print(
