@@ -39,7 +39,8 @@ import numpy as np  # noqa: E402
 
 import keras_ntk  # noqa: E402
 from keras_ntk.predictive import Laplace  # noqa: E402
-from serving import export, predictors  # noqa: E402
+from keras_ntk.predictive import compile_predictive  # noqa: E402
+from serving import export  # noqa: E402
 from serving.client import Client  # noqa: E402
 
 
@@ -229,7 +230,7 @@ def main(argv=None):
     set_tf_threads(args.tf_threads)
     laplace, x_train = build(args)
     parameters = sum(int(np.prod(v.shape)) for v in laplace.model.trainable_variables)
-    predictive = predictors.build(laplace)
+    predictive = compile_predictive(laplace)
     rng = np.random.default_rng(1)
     inputs = {b: rng.normal(size=(b, args.input_dim)).astype(np.float32) for b in batches}
     base = tempfile.mkdtemp(prefix="serving-bench-")

@@ -40,8 +40,9 @@ def import_tensorflow_quietly():
         tf.config.list_physical_devices()
 
 
-# Compiled closures created per model (the NTK engine's, the experiments' training loop).
-_OWN_FUNCTIONS = ("keras_ntk", "FeatureMap", "NTK.", "train_full_batch")
+# Compiled closures created per model (the NTK engine's, compiled predictives, the
+# experiments' training loop).
+_OWN_FUNCTIONS = ("keras_ntk", "FeatureMap", "NTK.", "train_full_batch", "_for_laplace", "_for_gp")
 
 
 class _OwnTracingNoise:

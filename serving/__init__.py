@@ -2,7 +2,6 @@
 
   export.py      export(posterior, base, name) -> BASE/NAME/VERSION/ (atomic)
   loading.py     safe loading of one version directory (Keras safe_mode, checked metadata)
-  predictors.py  compiled marginal / joint predictives of a loaded Laplace or NTK-GP
   batching.py    MicroBatcher: concurrent predictions of one model in one pass
   servable.py    one loaded version: posterior, predictive, batcher, kernels
   registry.py    every version under the base directory, hot-loaded by polling

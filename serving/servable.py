@@ -6,7 +6,8 @@ import time
 
 import numpy as np
 
-from serving import loading, predictors
+from keras_ntk.predictive import compile_predictive
+from serving import loading
 from serving.batching import MicroBatcher
 from serving.errors import DeadlineExceeded
 
@@ -30,7 +31,7 @@ class Servable:
         # Everything that traces this model (warm-up, kernels) holds this lock: the
         # engine's probed forward pass patches the model's layers while it traces.
         self._model_lock = threading.Lock()
-        self.predictive = predictors.build(self.posterior, self._model_lock)
+        self.predictive = compile_predictive(self.posterior, self._model_lock)
         self.input_shape = self.predictive.input_shape
         self.input_dtype = self.predictive.input_dtype
         self.output_dtype = np.dtype(self.model.outputs[0].dtype)

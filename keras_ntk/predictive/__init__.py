@@ -3,9 +3,11 @@
   NTKGP                            GP posterior with an empirical or infinite-width NTK / NNGP
   gradient_descent_mse(_ensemble)  closed-form gradient-flow dynamics of linearized networks
   Laplace, EvidenceCallback        linearized Laplace with evidence maximization
+  compile_predictive               a posterior's marginal / joint prediction as tf.functions
   factorize, FactorizationError    float64 Cholesky with reported adaptive jitter
 """
 
+from keras_ntk.predictive.compiled import CompiledPredictive, compile_predictive
 from keras_ntk.predictive.dynamics import (
     GradientDescentMSE,
     GradientDescentMSEEnsemble,
@@ -17,6 +19,7 @@ from keras_ntk.predictive.laplace import EvidenceCallback, Laplace
 from keras_ntk.predictive.numerics import Factorization, FactorizationError, factorize
 
 __all__ = [
+    "CompiledPredictive",
     "EvidenceCallback",
     "Factorization",
     "FactorizationError",
@@ -24,6 +27,7 @@ __all__ = [
     "GradientDescentMSEEnsemble",
     "Laplace",
     "NTKGP",
+    "compile_predictive",
     "factorize",
     "gradient_descent_mse",
     "gradient_descent_mse_ensemble",

@@ -1,12 +1,12 @@
-"""Compiled predictive paths of loaded posteriors, built once per model version.
+"""Compiled predictives: a posterior's marginal and joint prediction as two tf.functions.
 
 `Laplace.predict` and `NTKGP.predict` are written for analysis: they check
 their inputs in Python, refactorize the posterior (structure "full") or rebuild
-kernels tile by tile on every call. A server answers many small requests, so a
-`Predictive` does every factorization once at load time and compiles the
-per-request work into two tf.functions with a fixed input signature
-(None, *input_shape): no retracing, no Python per example. They compute the
-same quantities as the in-process classes (tests compare to 1e-6):
+kernels tile by tile on every call, and return TFP distributions. For many small
+queries (a server, a bandit's rounds) `compile_predictive(posterior)` does every
+factorization once and compiles the per-call work into tf.functions with a fixed
+input signature (None, *input_shape): no retracing, no Python per example. They
+compute the same quantities as `predict` (tests compare to 1e-6):
 
   marginal(x (n, ...)) -> mean (n, K) float64, covariance blocks (n, K, K) float64
   joint(x (n, ...))    -> mean (n, K) float64, covariance (n K, n K) float64, [n, k] order
@@ -18,8 +18,9 @@ the stored training inputs). NTKGP (empirical NTK): the GP posterior with the
 stored Cholesky factor of the Gram matrix and representer weights.
 
 Tracing the probed forward pass patches the model's layers, so every trace of
-one model runs under that model's lock (`build(posterior, lock)`, shared with
-the kernel computations on the model); after warm-up, calls run concurrently.
+one model runs under that model's lock (`compile_predictive(posterior, lock)`,
+shared with other computations that trace the model); after warm-up, calls run
+concurrently.
 """
 
 import math
@@ -38,19 +39,7 @@ from keras_ntk.predictive import numerics
 F64 = tf.float64
 
 
-class _OwnTracingNoise:
-    """Each loaded version compiles its own closures once; TF counts traces per code
-    location across versions and warns about "retracing", which is not actionable."""
-
-    def filter(self, record):
-        message = record.getMessage()
-        return not ("triggered tf.function retracing" in message and ("for_laplace" in message or "for_gp" in message))
-
-
-tf.get_logger().addFilter(_OwnTracingNoise())
-
-
-class Predictive:
+class CompiledPredictive:
     """Compiled marginal and joint predictive of one loaded posterior.
 
     Attributes:
@@ -145,8 +134,8 @@ def _outputs(model, x):
 
 
 # -- Laplace ---------------------------------------------------------------------------
-def for_laplace(laplace):
-    """The `Predictive` of a fitted `keras_ntk.predictive.Laplace`."""
+def _for_laplace(laplace):
+    """The `CompiledPredictive` of a fitted `keras_ntk.predictive.Laplace`."""
     laplace._require_fit()
     model = laplace.model
     delta, scale = laplace._delta(), laplace._scale()
@@ -165,7 +154,7 @@ def for_laplace(laplace):
         return _outputs(model, x), _joint_matrix(cov4(x, joint=True))
 
     noise = laplace.noise_variance if laplace.likelihood == "regression" else 0.0
-    return Predictive(model, laplace.likelihood, noise, jitter, marginal, joint)
+    return CompiledPredictive(model, laplace.likelihood, noise, jitter, marginal, joint)
 
 
 def _diagonal_term(model, curvature, delta, scale):
@@ -281,11 +270,13 @@ def _function_space_covariance(model, curvature, delta, scale):
 
 
 # -- NTK-GP -----------------------------------------------------------------------------
-def for_gp(gp):
-    """The `Predictive` of an `NTKGP.empirical` posterior (loaded or in memory)."""
+def _for_gp(gp):
+    """The `CompiledPredictive` of an `NTKGP.empirical` posterior (loaded or in memory)."""
     model = gp.model
     if model is None:
-        raise ValueError("Only NTK-GPs with an empirical NTK (a network) can be served.")
+        raise ValueError(
+            "Only NTK-GPs with an empirical NTK (a network) can be compiled; an infinite-width GP has no model to run."
+        )
     feature_map, train = _features(model, gp.x_train)
     groups, output, k = feature_map.groups, gp.output, gp.num_outputs
     chol, alpha = gp.factorization.chol, gp._alpha
@@ -327,18 +318,21 @@ def for_gp(gp):
         prior = _flatten_blocks(contract_lib.contract(groups, fx, fx, "full", F64, False))
         return mean, prior - tf.matmul(w, w, transpose_a=True)
 
-    return Predictive(model, "regression", gp.noise_variance, gp.jitter, marginal, joint)
+    return CompiledPredictive(model, "regression", gp.noise_variance, gp.jitter, marginal, joint)
 
 
-def build(posterior, lock=None):
-    """The `Predictive` of a Laplace or an empirical NTKGP, warmed up under `lock`
-    (the lock of everything that traces the posterior's model; default a new one)."""
+def compile_predictive(posterior, lock=None):
+    """The `CompiledPredictive` of a fitted Laplace or an empirical NTKGP, traced
+    once under `lock` (the lock of everything that traces the posterior's model;
+    default a new one)."""
     with lock or threading.RLock():
         if isinstance(posterior, laplace_lib.Laplace):
-            predictive = for_laplace(posterior)
+            predictive = _for_laplace(posterior)
         elif isinstance(posterior, gp_lib.NTKGP):
-            predictive = for_gp(posterior)
+            predictive = _for_gp(posterior)
         else:
-            raise ValueError(f"Cannot serve a {type(posterior).__name__}; expected Laplace or NTKGP.")
+            raise ValueError(
+                f"Cannot compile a {type(posterior).__name__}; expected a fitted Laplace or an NTKGP.empirical."
+            )
         predictive.warm_up()
     return predictive
