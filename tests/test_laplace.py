@@ -129,6 +129,9 @@ def test_kron_and_diag_equal_full_where_exact_and_differ_elsewhere():
     kron, kron_evidence = cov(single, "kron", x, y)
     np.testing.assert_allclose(kron, full, atol=1e-10)  # single dense layer: K-FAC is exact
     assert kron_evidence == pytest.approx(full_evidence, rel=1e-10)
+    blocks = Laplace(single, structure="kron", prior_precision=0.5, noise_variance=0.2).fit((x, y))
+    blocks = blocks.functional_covariance(x_test).numpy()
+    np.testing.assert_allclose(blocks, np.einsum("ikil->ikl", full.reshape(3, 2, 3, 2)), atol=1e-10)
 
     # one output, no bias, orthogonal inputs: the GGN is diagonal, so diag is exact
     no_bias = keras.Model(inputs, keras_ntk.layers.Dense(1, use_bias=False)(inputs))
@@ -142,6 +145,24 @@ def test_kron_and_diag_equal_full_where_exact_and_differ_elsewhere():
     for structure in ("diag", "kron", "last_layer"):
         approx, _ = cov(model, structure, x, y)
         assert np.abs(approx - full).max() > 1e-3 * np.abs(full).max(), structure
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_marginal_blocks_are_the_diagonal_blocks_of_the_joint_covariance(structure):
+    """The per-example blocks come from their own O(n) contraction, not from the joint."""
+    keras.utils.set_random_seed(5)
+    model = keras_ntk.models.cnn(4, 2, 3, input_shape=(5, 5, 2), pooling="global_average")
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(8, 5, 5, 2)).astype(np.float32)
+    y = rng.normal(size=(8, 3))
+    x_test = rng.normal(size=(4, 5, 5, 2)).astype(np.float32)
+    laplace = Laplace(model, structure=structure, prior_precision=0.8, noise_variance=0.1).fit((x, y))
+    joint = laplace.functional_covariance(x_test, joint=True).numpy().reshape(4, 3, 4, 3)
+    blocks = laplace.functional_covariance(x_test).numpy()
+    # function_space takes the prior's blocks from the engine's "diagonal" mode and the
+    # joint prior from its "full" mode: float32 features, so they agree to float32 rounding.
+    rtol = 1e-5 if structure == "function_space" else 1e-9
+    np.testing.assert_allclose(blocks, np.einsum("ikil->ikl", joint), rtol=rtol, atol=rtol * 1e-3 * np.abs(joint).max())
 
 
 @pytest.mark.parametrize("structure", STRUCTURES)

@@ -32,6 +32,7 @@ import tensorflow as tf
 from keras_ntk.ntk import contract as contract_lib
 from keras_ntk.ntk import features as features_lib
 from keras_ntk.ntk import rules as rules_lib
+from keras_ntk.predictive import curvature as curvature_lib
 from keras_ntk.predictive import gp as gp_lib
 from keras_ntk.predictive import laplace as laplace_lib
 from keras_ntk.predictive import numerics
@@ -209,20 +210,7 @@ def _kron_covariance(model, curvature, delta, scale):
             patches, d = by_name[rule.name]
             a = tf.einsum("npc,cd->npd", curvature._augmented(rule, patches), qa)  # (n, P, C) in A's eigenbasis
             g = tf.einsum("nkpo,oq->nkpq", tf.cast(d, F64), qg)  # (n, K, P, O) in G's eigenbasis
-            if patches.shape[1] == 1:
-                # A dense layer: the gradient is the outer product a g^T, so the
-                # (n, K, C, O) gradients need not be formed.
-                a, g = a[:, 0, :], g[:, :, 0, :]
-                if joint:
-                    pair = tf.reshape(a[:, None, :] * a[None, :, :], (-1, a.shape[-1]))
-                    weights = tf.reshape(tf.matmul(pair, inverse), (tf.shape(a)[0], tf.shape(a)[0], -1))
-                    total += tf.einsum("ijo,iko,jlo->ikjl", weights, g, g)
-                else:
-                    total += tf.einsum("io,iko,ilo->ikl", tf.matmul(a * a, inverse), g, g)
-                continue
-            m = tf.einsum("npc,nkpo->nkco", a, g)  # per-example gradients in the eigenbasis
-            pattern = "ikco,jlco,co->ikjl" if joint else "ikco,ilco,co->ikl"
-            total += tf.einsum(pattern, m, m, inverse)
+            total += curvature_lib.kron_layer_covariance(a, g, inverse, joint)
         if rest is not None:
             total += rest(x, joint)
         return total

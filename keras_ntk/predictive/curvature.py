@@ -38,12 +38,36 @@ def _size(variables):
     return sum(math.prod(v.shape) for v in variables)
 
 
-def _marginal_or_joint(cov, joint):
-    """cov (n, K, n, K) -> joint (n K, n K) or per-example blocks (n, K, K)."""
-    n, k = cov.shape[0], cov.shape[1]
+def _quadratic_form(left, right, joint):
+    """sum_q left[i, k, q] right[j, l, q]: (n K, n K) joint, or only its per-example
+    blocks (n, K, K), in O(n) work and memory."""
     if joint:
-        return tf.reshape(cov, (n * k, n * k))
-    return tf.einsum("ikil->ikl", cov)
+        n, k = left.shape[0], left.shape[1]
+        return tf.reshape(tf.einsum("ikq,jlq->ikjl", left, right), (n * k, n * k))
+    return tf.einsum("ikq,ilq->ikl", left, right)
+
+
+def kron_layer_covariance(a, g, inverse, joint):
+    """One K-FAC layer's term of J P^-1 J^T, from the layer's factors in the
+    eigenbases of its Kronecker factors.
+
+    Args:
+      a: (n, P, C) augmented inputs (patches) times Q_A.
+      g: (n, K, P, O) output gradients times Q_G.
+      inverse: (C, O), 1 / (c e_A e_G^T + delta): the posterior covariance's eigenvalues.
+      joint: (n, K, n, K) when True, else the per-example blocks (n, K, K).
+    Dense layers (P = 1) have gradients a g^T, so the (n, K, C, O) gradients are
+    never formed: the blocks cost O(n (C O + K^2 O)) and the joint O(n^2 (C O + K^2 O)).
+    """
+    if a.shape[1] == 1:
+        a, g = a[:, 0, :], g[:, :, 0, :]
+        if joint:
+            pair = tf.reshape(a[:, None, :] * a[None, :, :], (-1, a.shape[-1]))
+            weights = tf.reshape(tf.matmul(pair, inverse), (tf.shape(a)[0], tf.shape(a)[0], -1))
+            return tf.einsum("ijo,iko,jlo->ikjl", weights, g, g)
+        return tf.einsum("io,iko,ilo->ikl", tf.matmul(a * a, inverse), g, g)
+    m = tf.einsum("npc,nkpo->nkco", a, g)  # per-example gradients in the eigenbasis
+    return tf.einsum("ikco,jlco,co->ikjl" if joint else "ikco,ilco,co->ikl", m, m, inverse)
 
 
 class _JacobianCurvature:
@@ -92,14 +116,11 @@ class _JacobianCurvature:
         prior = self._prior_vector(delta)
         if self.diagonal:
             precision = scale * self.ggn + prior
-            cov = tf.einsum("ikp,jlp,p->ikjl", jac, jac, 1.0 / precision)
             condition = float(tf.reduce_max(precision) / tf.reduce_min(precision))
-            return _marginal_or_joint(cov, joint), 0.0, condition
+            return _quadratic_form(jac, jac / precision, joint), 0.0, condition
         factor = numerics.factorize(scale * self.ggn + tf.linalg.diag(prior), "posterior precision")
-        flat = tf.reshape(jac, (n * k, p))
-        cov = tf.matmul(flat, factor.solve(tf.transpose(flat)))
-        cov = _marginal_or_joint(tf.reshape(cov, (n, k, n, k)), joint)
-        return cov, factor.jitter, factor.condition_number
+        solved = tf.transpose(factor.solve(tf.transpose(tf.reshape(jac, (n * k, p)))))  # J P^-1: (n K, P)
+        return _quadratic_form(jac, tf.reshape(solved, (n, k, p)), joint), factor.jitter, factor.condition_number
 
     def finalize(self):
         """Eigenvalues of the full GGN, for log det(c GGN + delta I) with one delta."""
@@ -193,11 +214,12 @@ class _KronCurvature:
             ea, qa, eg, qg = self.eigen[rule.name]
             a = tf.einsum("npc,cd->npd", self._augmented(rule, patches), qa)
             g = tf.einsum("nkpo,oq->nkpq", tf.cast(d, tf.float64), qg)
-            m = tf.einsum("npc,nkpo->nkco", a, g)
             precision = scale * ea[:, None] * eg[None, :] + delta[self.group_index[rule.name]]
-            cov += tf.einsum("ikco,jlco,co->ikjl", m, m, 1.0 / precision)
+            cov += kron_layer_covariance(a, g, 1.0 / precision, joint)
             extremes += [float(tf.reduce_min(precision)), float(tf.reduce_max(precision))]
-        cov = _marginal_or_joint(cov, joint)
+        if joint and self.rules:
+            n, k = cov.shape[0], cov.shape[1]
+            cov = tf.reshape(cov, (n * k, n * k))
         if self.rest is not None:
             rest_cov, _, rest_condition = self.rest.covariance(x, delta, scale, joint)
             cov += rest_cov
@@ -267,15 +289,15 @@ class _FunctionSpaceCurvature:
         n, k = k_star_l.shape[0], k_star_l.shape[1]
         flat = tf.reshape(k_star_l, (n * k, -1))
         factor = numerics.factorize(tf.eye(b.shape[0], dtype=tf.float64) + scale * b, "I + c B")
-        reduction = scale * tf.matmul(flat, factor.solve(tf.transpose(flat)))
-        reduction = tf.reshape(reduction, (n, k, n, k))
+        solved = tf.reshape(tf.transpose(factor.solve(tf.transpose(flat))), (n, k, -1))  # K_*X L (I + c B)^-1
+        reduction = scale * _quadratic_form(tf.reshape(flat, (n, k, -1)), solved, joint)
         if joint:
             prior = self.ntk(x)
             prior = tf.einsum("gijkl,g->ikjl", tf.stack([prior[g] for g in self.groups]), 1.0 / delta)
-            return tf.reshape(prior - reduction, (n * k, n * k)), factor.jitter, factor.condition_number
+            return tf.reshape(prior, (n * k, n * k)) - reduction, factor.jitter, factor.condition_number
         prior = self.ntk_diagonal(x)
         prior = tf.einsum("gikl,g->ikl", tf.stack([prior[g] for g in self.groups]), 1.0 / delta)
-        return prior - tf.einsum("ikil->ikl", reduction), factor.jitter, factor.condition_number
+        return prior - reduction, factor.jitter, factor.condition_number
 
     def state(self):
         return {"x": np.concatenate(self.x), "lam_sqrt": tf.concat(self.lam_sqrt, axis=0).numpy()}
