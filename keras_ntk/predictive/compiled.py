@@ -35,7 +35,6 @@ from keras_ntk.ntk import rules as rules_lib
 from keras_ntk.predictive import curvature as curvature_lib
 from keras_ntk.predictive import gp as gp_lib
 from keras_ntk.predictive import laplace as laplace_lib
-from keras_ntk.predictive import numerics
 
 F64 = tf.float64
 
@@ -176,8 +175,7 @@ def _diagonal_term(model, curvature, delta, scale):
 def _jacobian_covariance(model, curvature, delta, scale):
     if curvature.diagonal:
         return _diagonal_term(model, curvature, delta, scale), 0.0
-    prior = curvature._prior_vector(delta)
-    factor = numerics.factorize(scale * curvature.ggn + tf.linalg.diag(prior), "posterior precision")
+    factor = curvature.posterior_factor(delta, scale)
     chol, variables = factor.chol, curvature.variables
 
     def cov4(x, joint):
@@ -231,10 +229,7 @@ def _function_space_covariance(model, curvature, delta, scale):
     feature_map, train = _features(model, curvature.x_train)
     groups, names = feature_map.groups, curvature.groups
     inverse_delta = 1.0 / delta
-    factor = numerics.factorize(
-        tf.eye(curvature.lam.shape[0] * curvature.lam.shape[1], dtype=F64) + scale * curvature._b(delta),
-        "I + c B",
-    )
+    factor = curvature.factor(delta, scale)
     chol, lam = factor.chol, curvature.lam
 
     def weighted(blocks, pattern):

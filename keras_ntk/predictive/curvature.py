@@ -47,6 +47,24 @@ def _quadratic_form(left, right, joint):
     return tf.einsum("ikq,ilq->ikl", left, right)
 
 
+class _LastFactorization:
+    """build(delta, scale) for the last (delta, scale) asked for: predictions with
+    unchanged hyperparameters reuse the factorization; clear() when the curvature changes."""
+
+    def __init__(self, build):
+        self.build = build
+        self.clear()
+
+    def clear(self):
+        self.key, self.value = None, None
+
+    def __call__(self, delta, scale):
+        key = (np.asarray(delta, np.float64).tobytes(), float(scale))
+        if key != self.key:
+            self.value, self.key = self.build(delta, scale), key
+        return self.value
+
+
 def kron_layer_covariance(a, g, inverse, joint):
     """One K-FAC layer's term of J P^-1 J^T, from the layer's factors in the
     eigenbases of its Kronecker factors.
@@ -81,6 +99,11 @@ class _JacobianCurvature:
         size = _size(self.variables)
         self.ggn = tf.zeros((size,) if diagonal else (size, size), tf.float64)
         self._jacobian = tf.function(self._jacobian_fn, reduce_retracing=True)
+        self.posterior_factor = _LastFactorization(
+            lambda delta, scale: numerics.factorize(
+                scale * self.ggn + tf.linalg.diag(self._prior_vector(delta)), "posterior precision"
+            )
+        )
 
     def _jacobian_fn(self, x):
         jacobians = features_lib.per_example_jacobians(self.model, self.variables, x)
@@ -97,6 +120,7 @@ class _JacobianCurvature:
         else:
             jt = tf.reshape(jt, (-1, jt.shape[-1]))
             self.ggn += tf.matmul(jt, jt, transpose_a=True)
+        self.posterior_factor.clear()
 
     def log_det_ratio(self, delta, scale):
         prior = self._prior_vector(delta)
@@ -118,7 +142,7 @@ class _JacobianCurvature:
             precision = scale * self.ggn + prior
             condition = float(tf.reduce_max(precision) / tf.reduce_min(precision))
             return _quadratic_form(jac, jac / precision, joint), 0.0, condition
-        factor = numerics.factorize(scale * self.ggn + tf.linalg.diag(prior), "posterior precision")
+        factor = self.posterior_factor(delta, scale)
         solved = tf.transpose(factor.solve(tf.transpose(tf.reshape(jac, (n * k, p)))))  # J P^-1: (n K, P)
         return _quadratic_form(jac, tf.reshape(solved, (n, k, p)), joint), factor.jitter, factor.condition_number
 
@@ -132,6 +156,7 @@ class _JacobianCurvature:
 
     def restore(self, state):
         self.ggn = tf.constant(state["ggn"], tf.float64)
+        self.posterior_factor.clear()
 
 
 class _KronCurvature:
@@ -258,6 +283,11 @@ class _FunctionSpaceCurvature:
         self.ntk = NTK(model, output="full", per_layer=True, dtype=tf.float64, progress=False)
         self.ntk_diagonal = NTK(model, output="diagonal", per_layer=True, dtype=tf.float64, progress=False)
         self.x, self.lam_sqrt = [], []
+        self.factor = _LastFactorization(
+            lambda delta, scale: numerics.factorize(
+                tf.eye(self.lam.shape[0] * self.lam.shape[1], dtype=tf.float64) + scale * self._b(delta), "I + c B"
+            )
+        )
 
     def accumulate(self, x, lam_sqrt):
         self.x.append(np.asarray(x))
@@ -269,6 +299,7 @@ class _FunctionSpaceCurvature:
         self.lam = tf.concat(self.lam_sqrt, axis=0)
         per_layer = self.ntk(self.x_train)
         self.kernels = tf.stack([per_layer[g] for g in self.groups])
+        self.factor.clear()
 
     def _b(self, delta):
         prior = tf.einsum("gijkl,g->ijkl", self.kernels, 1.0 / delta)
@@ -282,13 +313,12 @@ class _FunctionSpaceCurvature:
         return 2 * tf.reduce_sum(tf.math.log(tf.linalg.diag_part(chol)))
 
     def covariance(self, x, delta, scale, joint):
-        b = self._b(delta)
         cross = self.ntk(x, self.x_train)
         k_star = tf.einsum("gijkl,g->ijkl", tf.stack([cross[g] for g in self.groups]), 1.0 / delta)
         k_star_l = tf.einsum("ijkl,jlc->ikjc", k_star, self.lam)  # K_*X L: (n, K, N, K)
         n, k = k_star_l.shape[0], k_star_l.shape[1]
         flat = tf.reshape(k_star_l, (n * k, -1))
-        factor = numerics.factorize(tf.eye(b.shape[0], dtype=tf.float64) + scale * b, "I + c B")
+        factor = self.factor(delta, scale)
         solved = tf.reshape(tf.transpose(factor.solve(tf.transpose(flat))), (n, k, -1))  # K_*X L (I + c B)^-1
         reduction = scale * _quadratic_form(tf.reshape(flat, (n, k, -1)), solved, joint)
         if joint:
