@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import keras_ntk
-from keras_ntk.predictive import FactorizationError, factorize
+from keras_ntk.predictive import FactorizationError, factorize, numerics
 from keras_ntk.predictive.laplace import EvidenceCallback, Laplace
 
 STRUCTURES = ["full", "diag", "last_layer", "kron", "function_space"]
@@ -165,6 +165,25 @@ def test_marginal_blocks_are_the_diagonal_blocks_of_the_joint_covariance(structu
     np.testing.assert_allclose(blocks, np.einsum("ikil->ikl", joint), rtol=rtol, atol=rtol * 1e-3 * np.abs(joint).max())
 
 
+@pytest.mark.parametrize("structure", ["full", "last_layer", "function_space"])
+def test_predictions_reuse_the_factorization_until_the_hyperparameters_change(structure, monkeypatch):
+    model, x, y, x_test = _regression_problem()
+    laplace = Laplace(model, structure=structure, prior_precision=0.7, noise_variance=0.05).fit((x, y))
+    factorizations = []
+    factorize_once = numerics.factorize
+    monkeypatch.setattr(numerics, "factorize", lambda *args: factorizations.append(args) or factorize_once(*args))
+    first = laplace.functional_covariance(x_test).numpy()
+    np.testing.assert_allclose(laplace.predict(x_test).variance().numpy(), np.einsum("ikk->ik", first), rtol=1e-12)
+    assert len(factorizations) == 1
+    laplace.optimize_hyperparameters(steps=5)
+    fresh = Laplace(
+        model, structure=structure, prior_precision=laplace.prior_precision, noise_variance=laplace.noise_variance
+    ).fit((x, y))
+    changed = laplace.functional_covariance(x_test).numpy()
+    np.testing.assert_allclose(changed, fresh.functional_covariance(x_test).numpy(), rtol=1e-9, atol=1e-15)
+    assert np.abs(changed - first).max() > 1e-3 * np.abs(first).max()
+
+
 @pytest.mark.parametrize("structure", STRUCTURES)
 def test_log_marginal_likelihood_gradient_matches_finite_differences(structure):
     model, x, y, _ = _regression_problem()
@@ -197,6 +216,11 @@ def test_evidence_maximization_recovers_the_noise_level():
     result = laplace.optimize_hyperparameters(steps=300)
     assert result["noise_variance"] == pytest.approx(0.01, rel=0.2)
     assert result["log_marginal_likelihood"] > before
+    # One shared precision stays shared: the reported values reproduce the evidence.
+    fresh = Laplace(
+        model, structure="full", prior_precision=result["prior_precision"], noise_variance=result["noise_variance"]
+    ).fit((x, y))
+    assert float(fresh.log_marginal_likelihood()) == pytest.approx(result["log_marginal_likelihood"], rel=1e-9)
 
 
 def test_probit_and_monte_carlo_links_agree():

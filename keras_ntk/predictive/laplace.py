@@ -107,8 +107,10 @@ class Laplace:
         return float(np.exp(self._log_noise.numpy()))
 
     def _delta(self, prior_precision=None):
+        """(G,) prior precisions, one per group; a shared precision is _log_delta[0]."""
         if prior_precision is None:
-            return tf.exp(self._log_delta)
+            delta = tf.exp(self._log_delta)
+            return delta if self.per_layer else tf.broadcast_to(delta[0], delta.shape)
         if isinstance(prior_precision, dict):
             prior_precision = [prior_precision[name] for name in self.groups]
         delta = tf.convert_to_tensor(prior_precision, tf.float64)
@@ -244,17 +246,19 @@ class Laplace:
         return log_lik - 0.5 * scatter - 0.5 * self.curvature.log_det_ratio(delta, scale)
 
     def optimize_hyperparameters(self, steps=200, learning_rate=0.1):
-        """Maximize the log marginal likelihood over log delta (and log s^2 for
-        regression) with Adam. Returns {"prior_precision", "noise_variance",
-        "log_marginal_likelihood"}."""
+        """Maximize the log marginal likelihood over log delta (one shared value, or
+        one per layer with per-layer precisions) and log s^2 (regression) with Adam.
+        Returns {"prior_precision", "noise_variance", "log_marginal_likelihood"}."""
         self._require_fit()
         variables = [self._log_delta] + ([self._log_noise] if self.likelihood == "regression" else [])
         optimizer = keras.optimizers.Adam(learning_rate)
         for _ in range(steps):
             with tf.GradientTape() as tape:
-                loss = -self.log_marginal_likelihood(tf.exp(self._log_delta), tf.exp(self._log_noise))
+                loss = -self.log_marginal_likelihood(self._delta(), tf.exp(self._log_noise))
             gradients = tape.gradient(loss, variables)
             optimizer.apply_gradients(zip(gradients, variables))
+        if not self.per_layer:
+            self._log_delta.assign(tf.fill(self._log_delta.shape, self._log_delta[0]))
         return {
             "prior_precision": self.prior_precision,
             "noise_variance": self.noise_variance,
