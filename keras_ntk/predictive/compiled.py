@@ -40,7 +40,7 @@ F64 = tf.float64
 
 
 class CompiledPredictive:
-    """Compiled marginal and joint predictive of one loaded posterior.
+    """Compiled marginal and joint predictive of one posterior (see `compile_predictive`).
 
     Attributes:
       likelihood: "regression" or "classification".
@@ -111,11 +111,6 @@ def _monte_carlo_probs(mean, cov, samples, seed):
     eps = tf.random.stateless_normal(tf.stack([samples, tf.shape(mean)[0], k]), seed=seed, dtype=F64)
     logits = mean[None] + tf.einsum("nkl,snl->snk", chol, eps)
     return tf.reduce_mean(tf.nn.softmax(logits), axis=0)
-
-
-def _blocks(cov4):
-    """(n, K, n, K) -> per-example blocks (n, K, K)."""
-    return tf.einsum("ikil->ikl", cov4)
 
 
 def _joint_matrix(cov4):
