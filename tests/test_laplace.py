@@ -147,6 +147,72 @@ def test_kron_and_diag_equal_full_where_exact_and_differ_elsewhere():
         assert np.abs(approx - full).max() > 1e-3 * np.abs(full).max(), structure
 
 
+def test_kron_on_a_cnn_equals_a_numpy_kfac_expand_posterior():
+    """K-FAC on conv + dense layers against numpy: per layer P = c kron(A, G / (n P)) + delta I
+    with A = sum over examples and positions of a~ a~^T (a~ = [weight_scale patch, bias_scale]),
+    G = sum of the output gradients dz f outer themselves; patches by tf.image.extract_patches,
+    dz f and the test Jacobians by tape."""
+    keras.utils.set_random_seed(6)
+    inputs = keras.Input((4, 4, 2))
+    conv = keras_ntk.layers.Conv2D(3, 3, padding="same", w_std=1.3, b_std=0.3)
+    dense = keras_ntk.layers.Dense(2, w_std=1.1, b_std=0.2)
+    hidden = keras.layers.Activation("tanh")(conv(inputs))
+    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(hidden)))
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(7, 4, 4, 2)).astype(np.float32)
+    y = rng.normal(size=(7, 2))
+    x_test = rng.normal(size=(3, 4, 4, 2)).astype(np.float32)
+    delta, s2 = 0.9, 0.3
+    laplace = Laplace(model, structure="kron", prior_precision=delta, noise_variance=s2).fit((x, y))
+
+    with tf.GradientTape() as tape:
+        z = conv.weight_scale * tf.nn.conv2d(x, conv.kernel, 1, "SAME") + conv.bias_scale * conv.bias
+        tape.watch(z)
+        pooled = tf.reduce_mean(tf.tanh(z), axis=(1, 2))
+        f = dense.weight_scale * tf.matmul(pooled, dense.kernel) + dense.bias_scale * dense.bias
+    np.testing.assert_allclose(f.numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)  # the forward pass is the model's
+    dz = np.einsum("nkn...->nk...", tape.jacobian(f, z).numpy().astype(np.float64))  # (n, K, 4, 4, O)
+    patches = tf.image.extract_patches(x, [1, 3, 3, 1], [1, 1, 1, 1], [1, 1, 1, 1], "SAME").numpy()
+    n, positions = len(x), 16
+    a_conv = np.concatenate(
+        [conv.weight_scale * patches.reshape(n * positions, -1), np.full((n * positions, 1), conv.bias_scale)], axis=1
+    ).astype(np.float64)
+    dz = dz.reshape(n, 2, positions, 3)
+    g_conv = np.einsum("nkpo,nkpq->oq", dz, dz) / (n * positions)
+    a_dense = np.concatenate([dense.weight_scale * pooled.numpy(), np.full((n, 1), dense.bias_scale)], axis=1)
+    a_dense = a_dense.astype(np.float64)
+    g_dense = np.eye(2)  # dz f_k = e_k: sum over examples and outputs of e_k e_k^T, over n
+
+    def test_jacobian(layer):
+        with tf.GradientTape() as tape:
+            out = model(x_test)
+        jac_w, jac_b = tape.jacobian(out, [layer.kernel, layer.bias])
+        m, k = out.shape
+        outputs = layer.kernel.shape[-1]
+        stacked = np.concatenate(
+            [jac_w.numpy().reshape(m, k, -1, outputs), jac_b.numpy().reshape(m, k, 1, outputs)], axis=2
+        )
+        return stacked.reshape(m, k, -1).astype(np.float64)  # vec of [W; b] in (c, o) row-major order
+
+    cov, log_det_ratio = 0.0, 0.0
+    for layer, a, g in ((conv, a_conv, g_conv), (dense, a_dense, g_dense)):
+        precision = np.kron(a.T @ a, g) / s2 + delta * np.eye(a.shape[1] * g.shape[0])
+        jac = test_jacobian(layer)
+        cov = cov + np.einsum("ikp,pq,jlq->ikjl", jac, np.linalg.inv(precision), jac)
+        log_det_ratio += np.linalg.slogdet(precision)[1] - precision.shape[0] * np.log(delta)
+    got = laplace.functional_covariance(x_test, joint=True).numpy().reshape(cov.shape)
+    np.testing.assert_allclose(got, cov, rtol=1e-5, atol=1e-7 * np.abs(cov).max())
+    f_train = model(x).numpy().astype(np.float64)
+    theta = np.concatenate([v.numpy().ravel() for v in model.trainable_variables]).astype(np.float64)
+    evidence = (
+        -0.5 * np.sum((y - f_train) ** 2) / s2
+        - 0.5 * y.size * np.log(2 * np.pi * s2)
+        - 0.5 * delta * theta @ theta
+        - 0.5 * log_det_ratio
+    )
+    assert float(laplace.log_marginal_likelihood()) == pytest.approx(evidence, rel=1e-6)
+
+
 @pytest.mark.parametrize("structure", STRUCTURES)
 def test_marginal_blocks_are_the_diagonal_blocks_of_the_joint_covariance(structure):
     """The per-example blocks come from their own O(n) contraction, not from the joint."""
