@@ -147,10 +147,12 @@ def test_kron_and_diag_equal_full_where_exact_and_differ_elsewhere():
         assert np.abs(approx - full).max() > 1e-3 * np.abs(full).max(), structure
 
 
-def test_kron_on_a_cnn_equals_a_numpy_kfac_expand_posterior():
+@pytest.mark.parametrize("likelihood", ["regression", "classification"])
+def test_kron_on_a_cnn_equals_a_numpy_kfac_expand_posterior(likelihood):
     """K-FAC on conv + dense layers against numpy: per layer P = c kron(A, G / (n P)) + delta I
     with A = sum over examples and positions of a~ a~^T (a~ = [weight_scale patch, bias_scale]),
-    G = sum of the output gradients dz f outer themselves; patches by tf.image.extract_patches,
+    G = sum of dz f^T H dz f (H: the likelihood's Hessian in f, I for regression with c = 1/s^2,
+    the softmax Hessian for classification with c = 1); patches by tf.image.extract_patches,
     dz f and the test Jacobians by tape."""
     keras.utils.set_random_seed(6)
     inputs = keras.Input((4, 4, 2))
@@ -160,10 +162,10 @@ def test_kron_on_a_cnn_equals_a_numpy_kfac_expand_posterior():
     model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(hidden)))
     rng = np.random.default_rng(6)
     x = rng.normal(size=(7, 4, 4, 2)).astype(np.float32)
-    y = rng.normal(size=(7, 2))
+    y = rng.normal(size=(7, 2)) if likelihood == "regression" else np.array([0, 1, 1, 0, 1, 0, 0])
     x_test = rng.normal(size=(3, 4, 4, 2)).astype(np.float32)
     delta, s2 = 0.9, 0.3
-    laplace = Laplace(model, structure="kron", prior_precision=delta, noise_variance=s2).fit((x, y))
+    laplace = Laplace(model, likelihood, "kron", prior_precision=delta, noise_variance=s2).fit((x, y))
 
     with tf.GradientTape() as tape:
         z = conv.weight_scale * tf.nn.conv2d(x, conv.kernel, 1, "SAME") + conv.bias_scale * conv.bias
@@ -177,11 +179,18 @@ def test_kron_on_a_cnn_equals_a_numpy_kfac_expand_posterior():
     a_conv = np.concatenate(
         [conv.weight_scale * patches.reshape(n * positions, -1), np.full((n * positions, 1), conv.bias_scale)], axis=1
     ).astype(np.float64)
+    f = f.numpy().astype(np.float64)
+    if likelihood == "regression":
+        hessian, scale = np.broadcast_to(np.eye(2), (n, 2, 2)), 1 / s2
+    else:
+        p = np.exp(f - f.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        hessian, scale = np.einsum("nk,kl->nkl", p, np.eye(2)) - np.einsum("nk,nl->nkl", p, p), 1.0
     dz = dz.reshape(n, 2, positions, 3)
-    g_conv = np.einsum("nkpo,nkpq->oq", dz, dz) / (n * positions)
+    g_conv = np.einsum("nkpo,nkl,nlpq->oq", dz, hessian, dz) / (n * positions)
     a_dense = np.concatenate([dense.weight_scale * pooled.numpy(), np.full((n, 1), dense.bias_scale)], axis=1)
     a_dense = a_dense.astype(np.float64)
-    g_dense = np.eye(2)  # dz f_k = e_k: sum over examples and outputs of e_k e_k^T, over n
+    g_dense = hessian.sum(0) / n  # dz f_k = e_k for the readout
 
     def test_jacobian(layer):
         with tf.GradientTape() as tape:
@@ -196,20 +205,18 @@ def test_kron_on_a_cnn_equals_a_numpy_kfac_expand_posterior():
 
     cov, log_det_ratio = 0.0, 0.0
     for layer, a, g in ((conv, a_conv, g_conv), (dense, a_dense, g_dense)):
-        precision = np.kron(a.T @ a, g) / s2 + delta * np.eye(a.shape[1] * g.shape[0])
+        precision = scale * np.kron(a.T @ a, g) + delta * np.eye(a.shape[1] * g.shape[0])
         jac = test_jacobian(layer)
         cov = cov + np.einsum("ikp,pq,jlq->ikjl", jac, np.linalg.inv(precision), jac)
         log_det_ratio += np.linalg.slogdet(precision)[1] - precision.shape[0] * np.log(delta)
     got = laplace.functional_covariance(x_test, joint=True).numpy().reshape(cov.shape)
     np.testing.assert_allclose(got, cov, rtol=1e-5, atol=1e-7 * np.abs(cov).max())
-    f_train = model(x).numpy().astype(np.float64)
     theta = np.concatenate([v.numpy().ravel() for v in model.trainable_variables]).astype(np.float64)
-    evidence = (
-        -0.5 * np.sum((y - f_train) ** 2) / s2
-        - 0.5 * y.size * np.log(2 * np.pi * s2)
-        - 0.5 * delta * theta @ theta
-        - 0.5 * log_det_ratio
-    )
+    if likelihood == "regression":
+        log_lik = -0.5 * np.sum((y - f) ** 2) / s2 - 0.5 * y.size * np.log(2 * np.pi * s2)
+    else:
+        log_lik = np.sum(np.log(p[np.arange(n), y]))
+    evidence = log_lik - 0.5 * delta * theta @ theta - 0.5 * log_det_ratio
     assert float(laplace.log_marginal_likelihood()) == pytest.approx(evidence, rel=1e-6)
 
 
