@@ -38,8 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 import keras_ntk  # noqa: E402
-from keras_ntk.predictive import Laplace  # noqa: E402
-from keras_ntk.predictive import compile_predictive  # noqa: E402
+from keras_ntk.predictive import Laplace, compile_predictive  # noqa: E402
 from serving import export  # noqa: E402
 from serving.client import Client  # noqa: E402
 
