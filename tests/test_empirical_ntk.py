@@ -32,6 +32,18 @@ def _assert_close(actual, expected, rtol=RTOL):
     np.testing.assert_allclose(actual, expected, rtol=0, atol=rtol * scale)
 
 
+def _brute_force_layer_ntk(model, name, x):
+    """Brute-force NTK over one layer's variables: every other layer frozen meanwhile."""
+    frozen = [other for other in model.layers if other is not model.get_layer(name)]
+    for other in frozen:
+        other.trainable = False
+    try:
+        return brute_force_ntk(model, x)
+    finally:
+        for other in frozen:
+            other.trainable = True
+
+
 def _model_zoo():
     keras.utils.set_random_seed(0)
     return {
@@ -92,16 +104,7 @@ def test_per_layer_kernels_are_each_layers_share():
     per_layer = keras_ntk.empirical_ntk(model, x, per_layer=True)
     assert set(per_layer) == {"dense_0", "dense_1", "readout"}
     for name, kernel in per_layer.items():
-        layer = model.get_layer(name)
-        # brute force over this layer's variables only: the others frozen
-        frozen = [other for other in model.layers if other is not layer]
-        for other in frozen:
-            other.trainable = False
-        try:
-            _assert_close(kernel, brute_force_ntk(model, x))
-        finally:
-            for other in frozen:
-                other.trainable = True
+        _assert_close(kernel, _brute_force_layer_ntk(model, name, x))
     _assert_close(sum(v.numpy() for v in per_layer.values()), brute_force_ntk(model, x))
 
 
@@ -175,14 +178,7 @@ def test_dense_chain_per_layer_kernels_are_each_layers_share():
     per_layer = ntk(x)
     assert ntk._features._chain is not None
     for name, kernel in per_layer.items():
-        others = [layer for layer in model.layers if layer is not model.get_layer(name)]
-        for other in others:
-            other.trainable = False
-        try:
-            _assert_close(kernel, brute_force_ntk(model, x))
-        finally:
-            for other in others:
-                other.trainable = True
+        _assert_close(kernel, _brute_force_layer_ntk(model, name, x))
 
 
 @pytest.mark.parametrize("n", [1, 3, 9])
