@@ -8,10 +8,10 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: demo test test-slow clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[experiments,serving,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[experiments,serving,dev]'
 	touch $(STAMP)
 
 # The quick reproduction of every experiment; ends by printing the index report's path.

@@ -39,8 +39,8 @@ import numpy as np  # noqa: E402
 
 import keras_ntk  # noqa: E402
 from keras_ntk.predictive import Laplace, compile_predictive  # noqa: E402
-from serving import export  # noqa: E402
-from serving.client import Client  # noqa: E402
+from keras_ntk.serving import export  # noqa: E402
+from keras_ntk.serving.client import Client  # noqa: E402
 
 
 def percentiles(latencies):
@@ -69,9 +69,9 @@ def serve_echo(workers):
 
     import grpc
 
-    from serving import tensors
-    from serving.v1 import serving_pb2 as pb
-    from serving.v1 import serving_pb2_grpc
+    from keras_ntk.serving import tensors
+    from keras_ntk.serving.v1 import serving_pb2 as pb
+    from keras_ntk.serving.v1 import serving_pb2_grpc
 
     class Echo(serving_pb2_grpc.KernelServiceServicer):
         def Predict(self, request, context):
@@ -224,7 +224,7 @@ def main(argv=None):
         args.duration, args.soak = 3.0, 10.0
     batches = [int(b) for b in args.batches.split(",")]
 
-    from serving.cli import set_tf_threads
+    from keras_ntk.serving.cli import set_tf_threads
 
     set_tf_threads(args.tf_threads)
     laplace, x_train = build(args)

@@ -1,14 +1,16 @@
-"""The paper's experiments (../shared/PAPER.md) as resumable sweeps with reports.
+"""The paper's experiments as resumable sweeps with reports (`keras_ntk.experiments`).
 
 Each experiment module defines NAME, TITLE and
     points(config)                 -> list of sweep-parameter dicts, one per run
     load_data(config)              -> the data every run shares
     compute(config, data, params)  -> JSON-ready result of one run
     report(config, data, records, directory, env) -> (report.md path, one-line finding)
-Configs and presets live in experiments.configs; `experiments.runner` runs them.
+Its configuration lives in configs/<name>.py (light to import, for `--help`);
+`runner` runs experiments and writes their reports and the index.
 """
 
-MODULES = {
-    "E1": "experiments.e1_finite_vs_infinite",
-    "E5": "experiments.e5_kernel_regime",
+# Experiment name -> its module in this package; configs/<name lowercased>.py holds its Config.
+EXPERIMENTS = {
+    "E1": "e1_finite_vs_infinite",
+    "E5": "e5_kernel_regime",
 }

@@ -3,29 +3,29 @@
 import argparse
 import pathlib
 
-from experiments import MODULES, configs
+from . import EXPERIMENTS, configs
 
 DEFAULT_OUT = "results"
 
 
 def _names(text):
     names = [n.strip().upper() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in MODULES]
+    unknown = [n for n in names if n not in EXPERIMENTS]
     if not names or unknown:
-        raise ValueError(f"--only takes experiment names from {', '.join(MODULES)}, got {text!r}.")
+        raise ValueError(f"--only takes experiment names from {', '.join(EXPERIMENTS)}, got {text!r}.")
     return names
 
 
 def _reproduce(args):
     index = pathlib.Path(args.out) / "index.md"
-    from experiments import runner
+    from . import runner
 
     runner.reproduce(_names(args.only), args.preset, args.out, resume=not args.no_resume)
     print(f"Index report: {index.resolve()}")
 
 
 def _run(args):
-    from experiments import runner
+    from . import runner
 
     config = configs.preset(args.experiment, args.preset)
     overrides = {
@@ -50,12 +50,13 @@ def add_commands(commands):
     """Register `reproduce` and `run` on an argparse subparsers object."""
     p = commands.add_parser("reproduce", help="run the paper's experiments and write reports and an index")
     _common_options(p)
-    p.add_argument("--only", default=",".join(MODULES), help="comma-separated experiments (default all)")
+    p.add_argument("--only", default=",".join(EXPERIMENTS), help="comma-separated experiments (default all)")
     p.set_defaults(handler=_reproduce)
 
     p = commands.add_parser("run", help="run one experiment, overriding any field of its config")
     experiments = p.add_subparsers(dest="experiment", required=True)
-    for name, config_class in configs.CONFIGS.items():
+    for name in EXPERIMENTS:
+        config_class = configs.config_class(name)
         q = experiments.add_parser(name, help=config_class.__doc__.splitlines()[0],
                                    description=config_class.__doc__)
         _common_options(q)

@@ -18,12 +18,13 @@ and noise s^2: the posterior of the same objective) and m_inf; the metric is
 zero-mean infinite-width NTK-GP (f_0 averaged out over initializations).
 """
 
+from keras_ntk import _tf_quiet  # noqa: F401  (before TensorFlow: its start-up lines stay off the screen)
 import functools
 
 import numpy as np
 
 import keras_ntk
-from experiments import reporting, training
+from . import reporting, training
 from keras_ntk import diagnostics
 
 NAME = "E1"

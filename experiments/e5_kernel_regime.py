@@ -18,10 +18,11 @@ In the kernel regime all three fall like width^(-1/2) (log-log slope -1/2), and 
 fixed width they grow with depth.
 """
 
+from keras_ntk import _tf_quiet  # noqa: F401  (before TensorFlow: its start-up lines stay off the screen)
 import numpy as np
 
 import keras_ntk
-from experiments import reporting, training
+from . import reporting, training
 from keras_ntk import diagnostics
 
 NAME = "E5"

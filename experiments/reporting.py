@@ -7,7 +7,7 @@ import os
 import pathlib
 import platform
 
-from experiments.harness import write_json_atomically
+from .harness import write_json_atomically
 
 PACKAGES = ("keras-ntk", "tensorflow", "keras", "tensorflow-probability", "numpy", "matplotlib")
 

@@ -5,7 +5,7 @@ import importlib
 import pathlib
 import sys
 
-from experiments import MODULES, configs, harness, reporting
+from . import EXPERIMENTS, configs, harness, reporting
 
 
 def run_experiment(name, config, out_dir, resume=True, out=sys.stdout):
@@ -15,7 +15,7 @@ def run_experiment(name, config, out_dir, resume=True, out=sys.stdout):
     resume=False recomputes every run (each file is replaced when its run finishes).
     Returns the report path.
     """
-    module = importlib.import_module(MODULES[name])
+    module = importlib.import_module(f".{EXPERIMENTS[name]}", __package__)
     directory = pathlib.Path(out_dir) / name
     print(f"[{name}] {module.TITLE}: results in {directory}", file=out, flush=True)
     data = module.load_data(config)
@@ -34,7 +34,7 @@ def run_experiment(name, config, out_dir, resume=True, out=sys.stdout):
         directory / "summary.json", {"title": module.TITLE, "finding": finding, "report": path.name}
     )
     print(f"[{name}] report: {path}", file=out, flush=True)
-    reporting.write_index(out_dir, MODULES, env)
+    reporting.write_index(out_dir, EXPERIMENTS, env)
     return path
 
 

@@ -1,5 +1,6 @@
 """Full-batch training loops shared by the experiments, compiled with tf.function."""
 
+from keras_ntk import _tf_quiet  # noqa: F401  (before TensorFlow: its start-up lines stay off the screen)
 import keras
 import numpy as np
 import tensorflow as tf

@@ -6,6 +6,9 @@ cannot hide them. While TensorFlow, Keras and TFP are first imported (and the
 devices are enumerated) descriptor 2 points at /dev/null; Python exceptions are
 unaffected because they are printed after it is restored. Set
 KERAS_NTK_SHOW_TF_STARTUP=1 to see those lines.
+
+Importing this module does both (quiet import, tracing-noise filter) once; every
+keras_ntk module that needs TensorFlow imports it first.
 """
 
 import contextlib
@@ -65,3 +68,7 @@ def filter_own_tracing_warnings():
     import tensorflow as tf
 
     tf.get_logger().addFilter(_OwnTracingNoise())
+
+
+import_tensorflow_quietly()
+filter_own_tracing_warnings()

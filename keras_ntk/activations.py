@@ -5,6 +5,7 @@
 expectations used by `keras_ntk.infinite_width_kernel` are `ANALYTIC`.
 """
 
+from keras_ntk import _tf_quiet  # noqa: F401  (before TensorFlow: its start-up lines stay off the screen)
 import keras
 from keras import ops
 

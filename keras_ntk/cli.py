@@ -62,13 +62,9 @@ def _run_demo(args):
     demo(args.widths, args.depths, args.seeds, args.examples)
 
 
-# Modules whose `add_commands(subparsers)` registers further subcommands; each
-# subcommand sets `handler`, called with the parsed arguments.
-_COMMAND_MODULES = ("experiments.cli", "serving.cli")
-
-
 def _parser():
-    import importlib
+    from keras_ntk.experiments import cli as experiments_cli
+    from keras_ntk.serving import cli as serving_cli
 
     parser = argparse.ArgumentParser(prog="keras-ntk", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -78,14 +74,15 @@ def _parser():
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--examples", type=int, default=64)
     p.set_defaults(handler=_run_demo)
-    for module in _COMMAND_MODULES:
-        importlib.import_module(module).add_commands(commands)
+    # Each further subcommand sets `handler`, called with the parsed arguments.
+    for add_commands in (experiments_cli.add_commands, serving_cli.add_commands):
+        add_commands(commands)
     return parser
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
-    import keras_ntk  # noqa: F401  (imports TensorFlow quietly)
+    from keras_ntk import _tf_quiet  # noqa: F401  (TensorFlow quietly, once the arguments are good)
 
     return args.handler(args) or 0
 

@@ -14,6 +14,7 @@ A dense layer's share of the NTK is then
     (weight_scale^2 <a, a'> + bias_scale^2) <dz f, dz' f>.
 """
 
+from keras_ntk import _tf_quiet  # noqa: F401  (before TensorFlow: its start-up lines stay off the screen)
 import math
 
 import keras

@@ -6,6 +6,7 @@ so no Jacobian is formed. Gradients with respect to theta flow through the JVP,
 so `fit` trains the linearized network step for step like the real one.
 """
 
+from keras_ntk import _tf_quiet  # noqa: F401  (before TensorFlow: its start-up lines stay off the screen)
 import keras
 import tensorflow as tf
 

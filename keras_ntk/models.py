@@ -12,6 +12,7 @@ per-example Jacobian df(x_i)/dtheta, hence the per-example NTK, is not defined
 LayerNorm (statistics of one example over its channels) or no normalization.
 """
 
+from keras_ntk import _tf_quiet  # noqa: F401  (before TensorFlow: its start-up lines stay off the screen)
 import math
 
 import keras

@@ -12,7 +12,8 @@
   server.py      Server: KernelService + grpc.health.v1 + reflection
   client.py      Client: numpy in, numpy out
   cli.py         `keras-ntk export | serve | query`
-  v1/            generated code of protos/serving/v1/serving.proto (python -m serving.generate_protos)
+  v1/            generated code of protos/keras_ntk/serving/v1/serving.proto
+                 (python -m keras_ntk.serving.generate_protos)
 
 Importing this package imports nothing heavy; the modules import TensorFlow as they need it.
 """

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from serving.errors import DeadlineExceeded
+from .errors import DeadlineExceeded
 
 _STOP = object()
 

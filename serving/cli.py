@@ -49,7 +49,7 @@ def _export(args):
     import numpy as np
 
     from keras_ntk.predictive import NTKGP, Laplace
-    from serving import export
+    from . import export
 
     if args.from_dir:
         path = export.export_saved(args.from_dir, args.base_dir, args.name, args.version)
@@ -127,8 +127,8 @@ def _serve(args):
     import signal
     import threading
 
-    from serving import auth
-    from serving.server import Server
+    from . import auth
+    from .server import Server
 
     set_tf_threads(args.tf_threads)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
@@ -237,8 +237,8 @@ def _query(args):
     import grpc
     import numpy as np
 
-    from serving import auth
-    from serving.client import Client
+    from . import auth
+    from .client import Client
 
     token = auth.read_tokens(args.token_file)[0] if args.token_file else None
     ca = None

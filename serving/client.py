@@ -1,6 +1,6 @@
 """Python client of the KernelService: numpy arrays in, numpy arrays out.
 
-    from serving.client import Client
+    from .client import Client
     with Client("127.0.0.1:8500") as client:
         p = client.predict("my_model", x)            # p.mean, p.variance: (N, K)
         theta = client.kernel("my_model", x1, x2)    # (N, M, K, K), assembled from streamed tiles
@@ -13,9 +13,9 @@ import dataclasses
 import grpc
 import numpy as np
 
-from serving import tensors
-from serving.v1 import serving_pb2 as pb
-from serving.v1 import serving_pb2_grpc
+from . import tensors
+from .v1 import serving_pb2 as pb
+from .v1 import serving_pb2_grpc
 
 UNCERTAINTIES = {
     "none": pb.UNCERTAINTY_NONE,

@@ -92,7 +92,7 @@ def export(posterior, base_dir, name, version=None):
 def export_saved(source_dir, base_dir, name, version=None):
     """Export a directory written by Laplace.save or NTKGP.save (with model.keras):
     it is loaded first (safe mode) to check it, then copied into place atomically."""
-    from serving import loading
+    from . import loading
 
     check_name(name)
     source_dir = pathlib.Path(source_dir)

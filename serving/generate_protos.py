@@ -1,11 +1,14 @@
 """Regenerate the checked-in gRPC code from protos/ with grpc_tools.protoc.
 
-    python -m serving.generate_protos            # rewrite serving/v1/serving_pb2*.py(i)
-    python -m serving.generate_protos --check    # exit 1 when the checked-in files are stale
+    python -m keras_ntk.serving.generate_protos          # rewrite serving/v1/serving_pb2*.py(i)
+    python -m keras_ntk.serving.generate_protos --check  # exit 1 when the checked-in files are stale
 
-The generated modules are checked in (so installing needs no protoc); the
-versions of grpcio-tools and protobuf are pinned in pyproject.toml, so this
-command reproduces them byte for byte (tests/test_serving_protos.py checks).
+Run it from a source checkout: the protos live in protos/keras_ntk/serving/v1/, a
+path matching the proto package, so the generated code imports
+`keras_ntk.serving.v1`. The generated modules are checked in (installing needs no
+protoc); grpcio-tools is a development dependency and its version, with
+protobuf's, is pinned in constraints.txt, so this command reproduces them byte
+for byte (tests/test_serving_protos.py checks).
 """
 
 import argparse
@@ -16,7 +19,8 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "protos"
-PROTOS = ("serving/v1/serving.proto",)
+PROTOS = ("keras_ntk/serving/v1/serving.proto",)
+CHECKED_IN = ROOT / "serving" / "v1"
 GENERATED = ("serving_pb2.py", "serving_pb2.pyi", "serving_pb2_grpc.py")
 
 
@@ -45,15 +49,14 @@ def generate(out_dir):
     result = subprocess.run(args, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"protoc failed: {' '.join(args)}\n{result.stderr}")
-    return [out_dir / "serving" / "v1" / name for name in GENERATED]
+    return [out_dir / "keras_ntk" / "serving" / "v1" / name for name in GENERATED]
 
 
 def stale_files():
     """Names of checked-in generated files that differ from a fresh generation."""
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(tmp)
-        checked_in = ROOT / "serving" / "v1"
-        return [p.name for p in fresh if (checked_in / p.name).read_bytes() != p.read_bytes()]
+        return [p.name for p in fresh if (CHECKED_IN / p.name).read_bytes() != p.read_bytes()]
 
 
 def main(argv=None):
@@ -63,12 +66,15 @@ def main(argv=None):
     if args.check:
         stale = stale_files()
         if stale:
-            print(f"stale generated files: {', '.join(stale)}; run python -m serving.generate_protos")
+            print(f"stale generated files: {', '.join(stale)}; run python -m keras_ntk.serving.generate_protos")
             return 1
         print("generated files are up to date")
         return 0
-    for path in generate(ROOT):
-        print(f"wrote {path.relative_to(ROOT)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in generate(tmp):
+            target = CHECKED_IN / path.name
+            target.write_bytes(path.read_bytes())
+            print(f"wrote {target.relative_to(ROOT)}")
     return 0
 
 

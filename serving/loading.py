@@ -9,7 +9,7 @@ import json
 import math
 import pathlib
 
-from serving.export import FILES, FORMAT, POSTERIORS
+from .export import FILES, FORMAT, POSTERIORS
 
 
 class CorruptModel(ValueError):

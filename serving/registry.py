@@ -20,8 +20,8 @@ import logging
 import pathlib
 import threading
 
-from serving.errors import NotFound
-from serving.export import NAME_PATTERN, VERSION_PATTERN
+from .errors import NotFound
+from .export import NAME_PATTERN, VERSION_PATTERN
 
 log = logging.getLogger("keras_ntk.serving")
 

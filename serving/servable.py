@@ -1,5 +1,6 @@
 """One loaded model version: its posterior, compiled predictive, batcher and kernels."""
 
+from keras_ntk import _tf_quiet  # noqa: F401  (before TensorFlow: its start-up lines stay off the screen)
 import concurrent.futures
 import threading
 import time
@@ -7,9 +8,9 @@ import time
 import numpy as np
 
 from keras_ntk.predictive import compile_predictive
-from serving import loading
-from serving.batching import MicroBatcher
-from serving.errors import DeadlineExceeded
+from . import loading
+from .batching import MicroBatcher
+from .errors import DeadlineExceeded
 
 
 class Servable:

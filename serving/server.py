@@ -17,12 +17,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from serving import validation
-from serving.auth import BearerTokenAuth
-from serving.registry import Registry
-from serving.servable import Servable
-from serving.servicer import KernelServicer
-from serving.v1 import serving_pb2, serving_pb2_grpc
+from . import validation
+from .auth import BearerTokenAuth
+from .registry import Registry
+from .servable import Servable
+from .servicer import KernelServicer
+from .v1 import serving_pb2, serving_pb2_grpc
 
 log = logging.getLogger("keras_ntk.serving")
 

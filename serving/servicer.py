@@ -8,6 +8,7 @@ response. Unexpected failures are logged and answered INTERNAL; the server
 goes on serving.
 """
 
+from keras_ntk import _tf_quiet  # noqa: F401  (before TensorFlow: its start-up lines stay off the screen)
 import functools
 import inspect
 import logging
@@ -19,11 +20,11 @@ import grpc
 import numpy as np
 
 from keras_ntk.ntk.memory import NTKMemoryError
-from serving import tensors, validation
-from serving.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, ServingError
-from serving.registry import AVAILABLE, FAILED, LOADING, UNLOADED
-from serving.v1 import serving_pb2 as pb
-from serving.v1 import serving_pb2_grpc
+from . import tensors, validation
+from .errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, ServingError
+from .registry import AVAILABLE, FAILED, LOADING, UNLOADED
+from .v1 import serving_pb2 as pb
+from .v1 import serving_pb2_grpc
 
 log = logging.getLogger("keras_ntk.serving")
 

@@ -4,8 +4,8 @@ import math
 
 import numpy as np
 
-from serving.errors import InvalidArgument
-from serving.v1 import serving_pb2 as pb
+from .errors import InvalidArgument
+from .v1 import serving_pb2 as pb
 
 DTYPES = {
     pb.DATA_TYPE_FLOAT32: np.dtype("<f4"),

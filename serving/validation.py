@@ -8,8 +8,8 @@ import dataclasses
 
 import numpy as np
 
-from serving import tensors
-from serving.errors import InvalidArgument, ResourceExhausted
+from . import tensors
+from .errors import InvalidArgument, ResourceExhausted
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import keras_ntk
-from experiments import configs, e1_finite_vs_infinite, e5_kernel_regime, harness
+from keras_ntk.experiments import configs, e1_finite_vs_infinite, e5_kernel_regime, harness
 from keras_ntk import diagnostics
 
 KERAS_NTK = [sys.executable, "-c", "import sys; from keras_ntk.cli import main; sys.exit(main())"]

@@ -19,13 +19,13 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 import keras_ntk
 from keras_ntk.predictive import NTKGP, Laplace
 from references import brute_force_ntk
-from serving import export, tensors, validation
-from serving.batching import MicroBatcher
-from serving.client import Client
-from serving.errors import DeadlineExceeded
-from serving.server import Server
-from serving.servicer import KernelServicer
-from serving.v1 import serving_pb2 as pb
+from keras_ntk.serving import export, tensors, validation
+from keras_ntk.serving.batching import MicroBatcher
+from keras_ntk.serving.client import Client
+from keras_ntk.serving.errors import DeadlineExceeded
+from keras_ntk.serving.server import Server
+from keras_ntk.serving.servicer import KernelServicer
+from keras_ntk.serving.v1 import serving_pb2 as pb
 
 LAPLACE_STRUCTURES = ["full", "diag", "last_layer", "kron", "function_space"]
 TOL = dict(rtol=1e-6, atol=1e-9)
@@ -171,7 +171,7 @@ def test_streamed_tiles_assemble_to_the_engine_kernel(served, output):
     tiles = list(client.kernel_tiles("reg-kron", x1, second, output=output, max_tile_bytes=16))
     assert len(tiles) >= len(x1) and tiles[0].tile_count == len(tiles)  # one row or less per tile
     assert all(t.model_spec.name == "reg-kron" and t.model_spec.version == 1 for t in tiles)
-    from serving.client import assemble
+    from keras_ntk.serving.client import assemble
 
     kernel = assemble(tiles)
     expected = keras_ntk.empirical_ntk(model, x1, second, output=output).numpy()
@@ -206,7 +206,7 @@ def test_a_kernel_larger_than_one_message_streams(served):
     tiles = list(client.kernel_tiles("reg-kron", x, dtype="float64"))
     assert len(tiles) >= 3
     assert max(t.ByteSize() for t in tiles) <= validation.Limits().max_tile_bytes + 1024
-    from serving.client import assemble
+    from keras_ntk.serving.client import assemble
 
     np.testing.assert_allclose(
         assemble(tiles), keras_ntk.empirical_ntk(model, x, dtype="float64").numpy(), rtol=1e-10, atol=1e-12

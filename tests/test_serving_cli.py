@@ -16,7 +16,7 @@ import pytest
 import keras_ntk
 from keras_ntk import cli
 from keras_ntk.predictive import Laplace
-from serving.client import Client
+from keras_ntk.serving.client import Client
 
 
 def _lines(stream):
@@ -115,9 +115,9 @@ def test_export_serve_query_and_sigterm(tmp_path, capsys):
 def test_registering_the_serving_commands_does_not_import_tensorflow():
     code = (
         "import argparse, sys\n"
-        "import serving.cli\n"
+        "import keras_ntk.serving.cli\n"
         "parser = argparse.ArgumentParser()\n"
-        "serving.cli.add_commands(parser.add_subparsers())\n"
+        "keras_ntk.serving.cli.add_commands(parser.add_subparsers())\n"
         "print(parser.parse_args(['serve', '--model-dir', 'd']).port, 'tensorflow' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from serving import generate_protos, tensors
-from serving.errors import InvalidArgument
-from serving.v1 import serving_pb2 as pb
+from keras_ntk.serving import generate_protos, tensors
+from keras_ntk.serving.errors import InvalidArgument
+from keras_ntk.serving.v1 import serving_pb2 as pb
 
 
 def test_regenerating_the_protos_reproduces_the_checked_in_files():

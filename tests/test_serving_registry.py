@@ -18,9 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import keras_ntk
 from keras_ntk.predictive import NTKGP, Laplace
-from serving import export
-from serving.client import Client
-from serving.server import Server
+from keras_ntk.serving import export
+from keras_ntk.serving.client import Client
+from keras_ntk.serving.server import Server
 
 TOL = dict(rtol=1e-6, atol=1e-9)
 

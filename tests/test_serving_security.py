@@ -12,9 +12,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 import keras_ntk
 from keras_ntk.predictive import Laplace
-from serving import export
-from serving.client import Client, assemble
-from serving.server import Server
+from keras_ntk.serving import export
+from keras_ntk.serving.client import Client, assemble
+from keras_ntk.serving.server import Server
 
 TOKEN = "s3cret-token"
 TOL = dict(rtol=1e-6, atol=1e-9)

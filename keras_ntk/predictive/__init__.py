@@ -7,6 +7,7 @@
   factorize, FactorizationError    float64 Cholesky with reported adaptive jitter
 """
 
+from keras_ntk import _tf_quiet  # noqa: F401  (before TensorFlow: its start-up lines stay off the screen)
 from keras_ntk.predictive.compiled import CompiledPredictive, compile_predictive
 from keras_ntk.predictive.dynamics import (
     GradientDescentMSE,

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from serving.v1 import serving_pb2 as serving_dot_v1_dot_serving__pb2
+from keras_ntk.serving.v1 import serving_pb2 as keras__ntk_dot_serving_dot_v1_dot_serving__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in serving/v1/serving_pb2_grpc.py depends on'
+        + ' but the generated code in keras_ntk/serving/v1/serving_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -39,28 +39,28 @@ class KernelServiceStub:
         """
         self.Predict = channel.unary_unary(
                 '/keras_ntk.serving.v1.KernelService/Predict',
-                request_serializer=serving_dot_v1_dot_serving__pb2.PredictRequest.SerializeToString,
-                response_deserializer=serving_dot_v1_dot_serving__pb2.PredictResponse.FromString,
+                request_serializer=keras__ntk_dot_serving_dot_v1_dot_serving__pb2.PredictRequest.SerializeToString,
+                response_deserializer=keras__ntk_dot_serving_dot_v1_dot_serving__pb2.PredictResponse.FromString,
                 _registered_method=True)
         self.ComputeKernel = channel.unary_stream(
                 '/keras_ntk.serving.v1.KernelService/ComputeKernel',
-                request_serializer=serving_dot_v1_dot_serving__pb2.ComputeKernelRequest.SerializeToString,
-                response_deserializer=serving_dot_v1_dot_serving__pb2.KernelTile.FromString,
+                request_serializer=keras__ntk_dot_serving_dot_v1_dot_serving__pb2.ComputeKernelRequest.SerializeToString,
+                response_deserializer=keras__ntk_dot_serving_dot_v1_dot_serving__pb2.KernelTile.FromString,
                 _registered_method=True)
         self.GetModelMetadata = channel.unary_unary(
                 '/keras_ntk.serving.v1.KernelService/GetModelMetadata',
-                request_serializer=serving_dot_v1_dot_serving__pb2.GetModelMetadataRequest.SerializeToString,
-                response_deserializer=serving_dot_v1_dot_serving__pb2.GetModelMetadataResponse.FromString,
+                request_serializer=keras__ntk_dot_serving_dot_v1_dot_serving__pb2.GetModelMetadataRequest.SerializeToString,
+                response_deserializer=keras__ntk_dot_serving_dot_v1_dot_serving__pb2.GetModelMetadataResponse.FromString,
                 _registered_method=True)
         self.GetModelStatus = channel.unary_unary(
                 '/keras_ntk.serving.v1.KernelService/GetModelStatus',
-                request_serializer=serving_dot_v1_dot_serving__pb2.GetModelStatusRequest.SerializeToString,
-                response_deserializer=serving_dot_v1_dot_serving__pb2.GetModelStatusResponse.FromString,
+                request_serializer=keras__ntk_dot_serving_dot_v1_dot_serving__pb2.GetModelStatusRequest.SerializeToString,
+                response_deserializer=keras__ntk_dot_serving_dot_v1_dot_serving__pb2.GetModelStatusResponse.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/keras_ntk.serving.v1.KernelService/ListModels',
-                request_serializer=serving_dot_v1_dot_serving__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=serving_dot_v1_dot_serving__pb2.ListModelsResponse.FromString,
+                request_serializer=keras__ntk_dot_serving_dot_v1_dot_serving__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=keras__ntk_dot_serving_dot_v1_dot_serving__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
 
 
@@ -110,28 +110,28 @@ def add_KernelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Predict': grpc.unary_unary_rpc_method_handler(
                     servicer.Predict,
-                    request_deserializer=serving_dot_v1_dot_serving__pb2.PredictRequest.FromString,
-                    response_serializer=serving_dot_v1_dot_serving__pb2.PredictResponse.SerializeToString,
+                    request_deserializer=keras__ntk_dot_serving_dot_v1_dot_serving__pb2.PredictRequest.FromString,
+                    response_serializer=keras__ntk_dot_serving_dot_v1_dot_serving__pb2.PredictResponse.SerializeToString,
             ),
             'ComputeKernel': grpc.unary_stream_rpc_method_handler(
                     servicer.ComputeKernel,
-                    request_deserializer=serving_dot_v1_dot_serving__pb2.ComputeKernelRequest.FromString,
-                    response_serializer=serving_dot_v1_dot_serving__pb2.KernelTile.SerializeToString,
+                    request_deserializer=keras__ntk_dot_serving_dot_v1_dot_serving__pb2.ComputeKernelRequest.FromString,
+                    response_serializer=keras__ntk_dot_serving_dot_v1_dot_serving__pb2.KernelTile.SerializeToString,
             ),
             'GetModelMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelMetadata,
-                    request_deserializer=serving_dot_v1_dot_serving__pb2.GetModelMetadataRequest.FromString,
-                    response_serializer=serving_dot_v1_dot_serving__pb2.GetModelMetadataResponse.SerializeToString,
+                    request_deserializer=keras__ntk_dot_serving_dot_v1_dot_serving__pb2.GetModelMetadataRequest.FromString,
+                    response_serializer=keras__ntk_dot_serving_dot_v1_dot_serving__pb2.GetModelMetadataResponse.SerializeToString,
             ),
             'GetModelStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelStatus,
-                    request_deserializer=serving_dot_v1_dot_serving__pb2.GetModelStatusRequest.FromString,
-                    response_serializer=serving_dot_v1_dot_serving__pb2.GetModelStatusResponse.SerializeToString,
+                    request_deserializer=keras__ntk_dot_serving_dot_v1_dot_serving__pb2.GetModelStatusRequest.FromString,
+                    response_serializer=keras__ntk_dot_serving_dot_v1_dot_serving__pb2.GetModelStatusResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
-                    request_deserializer=serving_dot_v1_dot_serving__pb2.ListModelsRequest.FromString,
-                    response_serializer=serving_dot_v1_dot_serving__pb2.ListModelsResponse.SerializeToString,
+                    request_deserializer=keras__ntk_dot_serving_dot_v1_dot_serving__pb2.ListModelsRequest.FromString,
+                    response_serializer=keras__ntk_dot_serving_dot_v1_dot_serving__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -162,8 +162,8 @@ class KernelService:
             request,
             target,
             '/keras_ntk.serving.v1.KernelService/Predict',
-            serving_dot_v1_dot_serving__pb2.PredictRequest.SerializeToString,
-            serving_dot_v1_dot_serving__pb2.PredictResponse.FromString,
+            keras__ntk_dot_serving_dot_v1_dot_serving__pb2.PredictRequest.SerializeToString,
+            keras__ntk_dot_serving_dot_v1_dot_serving__pb2.PredictResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -189,8 +189,8 @@ class KernelService:
             request,
             target,
             '/keras_ntk.serving.v1.KernelService/ComputeKernel',
-            serving_dot_v1_dot_serving__pb2.ComputeKernelRequest.SerializeToString,
-            serving_dot_v1_dot_serving__pb2.KernelTile.FromString,
+            keras__ntk_dot_serving_dot_v1_dot_serving__pb2.ComputeKernelRequest.SerializeToString,
+            keras__ntk_dot_serving_dot_v1_dot_serving__pb2.KernelTile.FromString,
             options,
             channel_credentials,
             insecure,
@@ -216,8 +216,8 @@ class KernelService:
             request,
             target,
             '/keras_ntk.serving.v1.KernelService/GetModelMetadata',
-            serving_dot_v1_dot_serving__pb2.GetModelMetadataRequest.SerializeToString,
-            serving_dot_v1_dot_serving__pb2.GetModelMetadataResponse.FromString,
+            keras__ntk_dot_serving_dot_v1_dot_serving__pb2.GetModelMetadataRequest.SerializeToString,
+            keras__ntk_dot_serving_dot_v1_dot_serving__pb2.GetModelMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -243,8 +243,8 @@ class KernelService:
             request,
             target,
             '/keras_ntk.serving.v1.KernelService/GetModelStatus',
-            serving_dot_v1_dot_serving__pb2.GetModelStatusRequest.SerializeToString,
-            serving_dot_v1_dot_serving__pb2.GetModelStatusResponse.FromString,
+            keras__ntk_dot_serving_dot_v1_dot_serving__pb2.GetModelStatusRequest.SerializeToString,
+            keras__ntk_dot_serving_dot_v1_dot_serving__pb2.GetModelStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -270,8 +270,8 @@ class KernelService:
             request,
             target,
             '/keras_ntk.serving.v1.KernelService/ListModels',
-            serving_dot_v1_dot_serving__pb2.ListModelsRequest.SerializeToString,
-            serving_dot_v1_dot_serving__pb2.ListModelsResponse.FromString,
+            keras__ntk_dot_serving_dot_v1_dot_serving__pb2.ListModelsRequest.SerializeToString,
+            keras__ntk_dot_serving_dot_v1_dot_serving__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
