@@ -1,6 +1,6 @@
 """Dense and Conv2D layers in NTK or standard parametrization.
 
-NTK parametrization (PAPER.md, Definitions), fan-in n:
+NTK parametrization (Jacot et al. 2018), fan-in n:
     z = (w_std / sqrt(n)) W a + b_std b,   W_ij, b_i ~ N(0, 1).
 Standard parametrization:
     z = W a + b,   W_ij ~ N(0, w_std^2 / n),   b_i ~ N(0, b_std^2).
