@@ -4,13 +4,18 @@ against independent numpy / scipy references."""
 import gzip
 import os
 import pickle
+import socket
 import struct
+import subprocess
+import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 
 from keras_ntk import data
+from keras_ntk.data import images, sources
 
 
 # ----------------------------------------------------------------- file writers
@@ -70,7 +75,7 @@ def offline(monkeypatch, tmp_path):
         calls.append(host)
         return False
 
-    monkeypatch.setattr(data, "_network_available", no_network)
+    monkeypatch.setattr(sources, "network_available", no_network)
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
@@ -232,7 +237,7 @@ def test_missing_files_without_network_fail_fast(tmp_path, offline, loader, file
 
 
 def test_fashion_mnist_missing_names_idx_files(tmp_path, offline, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "no-debian"))
+    monkeypatch.setattr(images, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "no-debian"))
     with pytest.raises(FileNotFoundError) as info:
         data.load_fashion_mnist(path=str(tmp_path))
     message = str(info.value)
@@ -241,32 +246,108 @@ def test_fashion_mnist_missing_names_idx_files(tmp_path, offline, monkeypatch):
     assert "dataset-fashion-mnist" in message
 
 
-def test_network_check_refuses_quickly_on_closed_port():
+def test_download_false_fails_without_probing_the_network(tmp_path, offline):
+    with pytest.raises(FileNotFoundError, match=r"download=False.*mnist\.npz"):
+        data.load_mnist(path=str(tmp_path), download=False)
+    assert offline == []
+
+
+@pytest.fixture
+def no_threads(monkeypatch):
+    """Starting a thread fails: the code under test must not need one."""
+
+    def refuse(self):
+        raise AssertionError("the network probe started a thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+
+
+@pytest.fixture
+def listener():
+    """A TCP socket listening on 127.0.0.1; yields its port."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server.getsockname()[1]
+
+
+def _closed_port():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        return server.getsockname()[1]
+
+
+def test_network_probe_without_a_thread(no_threads, listener, monkeypatch):
+    for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert sources.network_available("127.0.0.1", port=listener, timeout=1.0) is True
     start = time.monotonic()
-    assert data._network_available("127.0.0.1", port=9, timeout=1.0) is False
+    assert sources.network_available("127.0.0.1", port=_closed_port(), timeout=1.0) is False
     assert time.monotonic() - start < 3.0
+
+
+def test_network_probe_goes_to_the_https_proxy(no_threads, listener, monkeypatch):
+    """With a proxy configured the download would connect to it, so the probe does too:
+    an unresolvable host counts as reachable through a listening proxy."""
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{listener}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert sources.network_available("host.invalid", timeout=1.0) is True
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{_closed_port()}")
+    assert sources.network_available("host.invalid", timeout=1.0) is False
+
+
+def test_importing_the_data_package_loads_no_tensorflow():
+    code = (
+        "import sys, keras_ntk.data, keras_ntk.data.formats, keras_ntk.data.sources, "
+        "keras_ntk.data.images, keras_ntk.data.tabular, keras_ntk.data.streams, "
+        "keras_ntk.data.subsets; "
+        "heavy = sorted(m for m in ('tensorflow', 'keras', 'sklearn') if m in sys.modules); "
+        "print(','.join(heavy))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
 
 
 # ---------------------------------------------------------- Debian Fashion-MNIST
 
 
+def test_fashion_mnist_from_the_debian_directory_layout(tmp_path, offline, monkeypatch):
+    """The Debian package's layout (gzip idx files in one directory), written here."""
+    arrays = _fake_mnist(np.random.default_rng(13), n_train=6, n_test=4)
+    debian = tmp_path / "usr-share-datasets-fashion-mnist"
+    _write_idx_dir(debian, arrays, gz=True)
+    monkeypatch.setattr(images, "DEBIAN_FASHION_MNIST_DIR", str(debian))
+    _assert_mnist_equal(data.load_fashion_mnist(), arrays)
+    _assert_mnist_equal(data.load_fashion_mnist(download=False), arrays)
+    # the Keras cache comes before the Debian directory
+    cached = _fake_mnist(np.random.default_rng(14), n_train=3, n_test=2)
+    _write_idx_dir(tmp_path / "home" / ".keras" / "datasets" / "fashion-mnist", cached, gz=False)
+    _assert_mnist_equal(data.load_fashion_mnist(), cached)
+    assert offline == []
+
+
+@pytest.mark.debian_data
 def test_debian_fashion_mnist_package(offline):
+    """The real files of the Debian package dataset-fashion-mnist (CI installs it)."""
     directory = "/usr/share/datasets/fashion-mnist"
     if not os.path.isdir(directory):
         pytest.fail(
             f"{directory} is missing: install the Debian package with "
             "`apt-get install -y dataset-fashion-mnist` (the CI script .ci/run does)."
         )
-    (x_train, y_train), (x_test, y_test) = data.load_fashion_mnist()
+    (x_train, y_train), (x_test, y_test) = data.load_fashion_mnist(download=False)
     assert x_train.shape == (60000, 28, 28, 1) and x_test.shape == (10000, 28, 28, 1)
     assert x_train.dtype == np.float32 and y_train.dtype == np.int64
     assert x_train.min() == 0.0 and x_train.max() == 1.0
     assert 0.0 <= x_test.min() and x_test.max() <= 1.0
     assert set(np.unique(y_train)) == set(range(10)) == set(np.unique(y_test))
-    # independent reading of one file with gzip + numpy
+    # independent reading of two files with gzip + numpy (idx headers are 8 and 16 bytes)
     with gzip.open(os.path.join(directory, "t10k-labels-idx1-ubyte.gz"), "rb") as f:
         raw = f.read()
     np.testing.assert_array_equal(y_test, np.frombuffer(raw[8:], dtype=np.uint8))
+    with gzip.open(os.path.join(directory, "t10k-images-idx3-ubyte.gz"), "rb") as f:
+        raw = f.read()
+    pixels = np.frombuffer(raw[16:], dtype=np.uint8).reshape(10000, 28, 28)
+    np.testing.assert_array_equal(x_test[..., 0], pixels.astype(np.float32) / np.float32(255))
 
 
 # ------------------------------------------------------------------- tabular data
@@ -431,3 +512,80 @@ def test_split_tasks(remap):
     assert sorted(seen_rows) == list(range(len(y)))  # every example exactly once
     with pytest.raises(ValueError, match="groups of 7"):
         data.split_tasks(x, y, classes_per_task=7)
+
+
+def test_load_sklearn_raw_values():
+    import sklearn.datasets
+
+    x, y = data.load_sklearn("digits", standardized=False)
+    raw_x, raw_y = sklearn.datasets.load_digits(return_X_y=True)
+    assert x.dtype == np.float32
+    np.testing.assert_array_equal(x, raw_x.astype(np.float32))
+    np.testing.assert_array_equal(y, raw_y)
+
+
+def _recover_permutation(original, permuted):
+    """The permutation p with permuted[:, i] == original[:, p[i]], by matching columns."""
+    columns = {tuple(col): j for j, col in enumerate(original.T)}
+    assert len(columns) == original.shape[1], "columns must be distinct to recover the permutation"
+    return np.array([columns[tuple(col)] for col in permuted.T])
+
+
+def test_task_stream_permuted_applies_each_permutation_to_train_and_test_alike():
+    rng = np.random.default_rng(15)
+    train = (rng.random((20, 4, 4, 1)).astype(np.float32), rng.integers(0, 3, 20))
+    test = (rng.random((9, 4, 4, 1)).astype(np.float32), rng.integers(0, 3, 9))
+    train_tasks, test_tasks = data.task_stream("permuted", train, test, 3, seed=5)
+    assert len(train_tasks) == len(test_tasks) == 3
+    perms = []
+    for (xa, ya), (xb, yb) in zip(train_tasks, test_tasks):
+        p_train = _recover_permutation(train[0].reshape(20, -1), xa.reshape(20, -1))
+        p_test = _recover_permutation(test[0].reshape(9, -1), xb.reshape(9, -1))
+        np.testing.assert_array_equal(p_train, p_test)
+        np.testing.assert_array_equal(ya, train[1])
+        np.testing.assert_array_equal(yb, test[1])
+        perms.append(p_train)
+    np.testing.assert_array_equal(perms[0], np.arange(16))
+    assert len({tuple(p) for p in perms}) == 3
+    again, _ = data.task_stream("permuted", train, test, 3, seed=5)
+    np.testing.assert_array_equal(again[2][0], train_tasks[2][0])  # fixed by the seed
+
+
+def test_task_stream_rotated_by_multiples_of_the_step_against_scipy():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(16)
+    train = (rng.random((4, 10, 10, 1)).astype(np.float32), np.arange(4))
+    test = (rng.random((3, 10, 10, 1)).astype(np.float32), np.arange(3))
+    train_tasks, test_tasks = data.task_stream("rotated", train, test, 4, rotation_step=22.5)
+    for t, ((xa, ya), (xb, yb)) in enumerate(zip(train_tasks, test_tasks)):
+        for (x, _), rotated in ((train, xa), (test, xb)):
+            reference = ndimage.rotate(x.astype(np.float64), 22.5 * t, axes=(1, 2), reshape=False,
+                                       order=1, mode="grid-constant")
+            np.testing.assert_allclose(rotated, reference, atol=1e-5)
+        np.testing.assert_array_equal(ya, train[1])
+        np.testing.assert_array_equal(yb, test[1])
+
+
+@pytest.mark.parametrize("remap", [False, True])
+def test_task_stream_split_is_disjoint_and_covers_the_chosen_classes(remap):
+    rng = np.random.default_rng(17)
+    y_train, y_test = rng.permutation(np.repeat(np.arange(10), 5)), rng.permutation(np.repeat(np.arange(10), 2))
+    train = (np.arange(50)[:, None] * 1.0, y_train)
+    test = (np.arange(20)[:, None] * 1.0, y_test)
+    train_tasks, test_tasks = data.task_stream("split", train, test, 4, classes_per_task=2, remap_labels=remap)
+    assert len(train_tasks) == len(test_tasks) == 4
+    for (x, y), tasks in ((train, train_tasks), (test, test_tasks)):
+        rows = [int(r) for xk, _ in tasks for r in xk[:, 0]]
+        assert len(rows) == len(set(rows))  # disjoint
+        assert sorted(rows) == sorted(np.flatnonzero(y < 8).tolist())  # covers classes 0..7
+        for k, (xk, yk) in enumerate(tasks):
+            original = y[xk[:, 0].astype(int)]
+            assert set(original) == {2 * k, 2 * k + 1}
+            np.testing.assert_array_equal(yk, original - 2 * k if remap else original)
+    with pytest.raises(ValueError, match="at most 5 split tasks"):
+        data.task_stream("split", train, test, 6, classes_per_task=2)
+    with pytest.raises(ValueError, match="same classes"):
+        data.task_stream("split", train, (test[0][:1], test[1][:1]), 2, classes_per_task=2)
+    with pytest.raises(ValueError, match="permuted, rotated, split"):
+        data.task_stream("shuffled", train, test, 2)
