@@ -48,6 +48,7 @@ _ATTRIBUTES = {
     "empirical_ntk": "keras_ntk.ntk",
     "infinite_width_cnn_kernel": "keras_ntk.ntk",
     "infinite_width_kernel": "keras_ntk.ntk",
+    "infinite_width_kernel_fn": "keras_ntk.ntk",
     "ntk_vector_product": "keras_ntk.ntk",
 }
 

@@ -1,4 +1,4 @@
-"""Analytic infinite-width NNGP and NTK of fully connected networks (NTK parametrization).
+"""Analytic infinite-width NNGP and NTK of the MLPs and CNNs of `keras_ntk.models`.
 
 For a network with `depth` hidden layers, activation phi and a linear readout
 (`keras_ntk.models.mlp`), with d the input dimension:
@@ -11,7 +11,14 @@ For a network with `depth` hidden layers, activation phi and a linear readout
 
 NNGP = Sigma_depth, NTK = Theta_depth: the covariance of one output at init and
 the per-output NTK of the limit. The Gaussian expectations have closed forms
-(Cho & Saul 2009 arc-cosine kernels for ReLU; Williams 1997 for erf).
+(Cho & Saul 2009 arc-cosine kernels for ReLU; Williams 1997 for erf). relu'(0)
+is 0, as in TensorFlow: where Sigma_{h-1}(x, x) = 0 (a zero input with zero
+biases) E[phi'(u) phi'(v)] = 0, and the kernel equals the limit of the empirical
+NTK that TensorFlow computes.
+
+Both functions compose the same per-layer kernel maps as
+`keras_ntk.infinite_width_kernel_fn` (keras_ntk/ntk/limits/maps.py), which
+covers any Keras model built from supported layers.
 """
 
 import math
@@ -20,40 +27,12 @@ import tensorflow as tf
 
 from keras_ntk import activations
 from keras_ntk.layers import check_stds
+from keras_ntk.ntk.limits import dual, maps
+from keras_ntk.ntk.limits.kernel_fn import KernelFn
+from keras_ntk.ntk.limits.program import Program
+from keras_ntk.ntk.limits.state import Kernels, Layout
 
 KINDS = ("ntk", "nngp")
-
-
-def _relu_expectations(k11, k12, k22):
-    """E[relu(u)relu(v)] and E[relu'(u)relu'(v)] for (u, v) ~ N(0, [[k11, k12], [k12, k22]])."""
-    norm = tf.sqrt(k11 * k22)
-    cos_theta = tf.clip_by_value(tf.math.divide_no_nan(k12, norm), -1.0, 1.0)
-    theta = tf.acos(cos_theta)
-    e_phi = norm / (2 * math.pi) * (tf.sin(theta) + (math.pi - theta) * cos_theta)
-    e_dphi = (math.pi - theta) / (2 * math.pi)
-    return e_phi, e_dphi
-
-
-def _erf_expectations(k11, k12, k22):
-    """E[erf(u)erf(v)] and E[erf'(u)erf'(v)] for (u, v) ~ N(0, [[k11, k12], [k12, k22]])."""
-    a, b = 1 + 2 * k11, 1 + 2 * k22
-    e_phi = 2 / math.pi * tf.asin(tf.clip_by_value(2 * k12 / tf.sqrt(a * b), -1.0, 1.0))
-    e_dphi = 4 / math.pi / tf.sqrt(a * b - 4 * k12**2)
-    return e_phi, e_dphi
-
-
-def _identity_expectations(k11, k12, k22):
-    del k11, k22
-    return k12, tf.ones_like(k12)
-
-
-_EXPECTATIONS = {
-    "relu": _relu_expectations,
-    "erf": _erf_expectations,
-    "identity": _identity_expectations,
-}
-
-
 PARAMETRIZATIONS = ("ntk", "standard")
 POOLINGS = ("global_average", "flatten")
 
@@ -62,7 +41,7 @@ def check_arguments(depth, activation, w_std, b_std, kind, parametrization="ntk"
     """Raise ValueError for arguments the recursion does not define."""
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
         raise ValueError(f"depth must be a non-negative int (number of hidden layers), got {depth!r}.")
-    if activation not in _EXPECTATIONS:
+    if activation not in dual.CLOSED_FORMS:
         raise ValueError(
             f"No closed-form infinite-width kernel for activation {activation!r}: "
             f"expected one of {activations.ANALYTIC}."
@@ -80,17 +59,19 @@ def check_arguments(depth, activation, w_std, b_std, kind, parametrization="ntk"
             )
 
 
-def _direct_terms(parametrization, w_std, b_std, fan_ins):
-    """Per layer, the factors (a_h, c_h) of its own parameters' NTK share a_h E_h + c_h.
-
-    E_h is the mean over units of <input, input'> of layer h (h = 0: the network
-    input). A layer with weight scale s and bias scale t (layers.py) contributes
-    s^2 <a, a'> + t^2 = s^2 n_h E_h + t^2: (w_std^2, b_std^2) in NTK
-    parametrization, (n_h, 1) in standard parametrization.
-    """
+def _affine(name, parametrization, w_std, b_std, fan_in, conv=None):
+    """The kernel map of a keras_ntk Dense / Conv2D with bias: s_w = w_std^2, s_b = b_std^2;
+    its own NTK share is w_std^2 E + b_std^2 (NTK parametrization) or n E + 1 (standard)."""
     if parametrization == "ntk":
-        return [(w_std**2, b_std**2)] * len(fan_ins)
-    return [(float(n), 1.0) for n in fan_ins]
+        t_w, t_b = w_std**2, b_std**2
+    else:
+        t_w, t_b = float(fan_in), 1.0
+    return maps.Affine(name, w_std**2, b_std**2, t_w, t_b, conv)
+
+
+def _hidden(name, activation, parametrization, w_std, b_std, fan_in, conv=None):
+    act = maps.Activation(name, dual.CLOSED_FORMS[activation], identity=activation == "identity")
+    return [_affine(name, parametrization, w_std, b_std, fan_in, conv), act]
 
 
 def kernel_from_dot_products(
@@ -105,20 +86,14 @@ def kernel_from_dot_products(
     Returns:
       Sigma_depth (kind="nngp") or Theta_depth (kind="ntk"), broadcast shape.
     """
-    expectations = _EXPECTATIONS[activation]
-    w2, b2 = w_std**2, b_std**2
-    terms = _direct_terms(parametrization, w_std, b_std, fan_ins or [0] * (depth + 1))
-    s11, s12, s22 = w2 * k11 + b2, w2 * k12 + b2, w2 * k22 + b2
-    a, c = terms[0]
-    ntk = a * k12 + c
-    for h in range(1, depth + 1):
-        e12, de12 = expectations(s11, s12, s22)
-        e11, _ = expectations(s11, s11, s11)
-        e22, _ = expectations(s22, s22, s22)
-        s11, s12, s22 = w2 * e11 + b2, w2 * e12 + b2, w2 * e22 + b2
-        a, c = terms[h]
-        ntk = ntk * (w2 * de12) + a * e12 + c
-    return ntk if kind == "ntk" else s12
+    fan_ins = fan_ins or [0] * (depth + 1)
+    layers = [m for h in range(depth) for m in _hidden(f"dense_{h}", activation, parametrization, w_std, b_std, fan_ins[h])]
+    layers.append(_affine("readout", parametrization, w_std, b_std, fan_ins[depth]))
+    flat = Layout(spatial=(), source="input", fresh=None, ancestors=frozenset(), mode="flat")
+    kernels = Kernels(k11, k22, k12, tf.zeros_like(k12) if kind == "ntk" else None)
+    for kernel_map in layers:
+        kernels = kernel_map([kernels], [flat], flat)
+    return kernels.ntk if kind == "ntk" else kernels.nngp
 
 
 def _as_examples(x, what, rank=None):
@@ -158,7 +133,7 @@ def infinite_width_kernel(
       parametrization: "ntk" or "standard".
       width: hidden width, needed for the standard-parametrization NTK.
     Returns:
-      (N, M) float64 tf.Tensor, per output: the full (N, M, K, K) kernel of a
+      (N, M) float64 tf.Tensor, per output (relu'(0) = 0: see the module docstring): the full (N, M, K, K) kernel of a
       K-output network is this matrix times the K x K identity.
     """
     check_arguments(depth, activation, w_std, b_std, kind, parametrization, width)
@@ -188,30 +163,6 @@ def infinite_width_kernel(
     )
 
 
-def _receptive_mean(kernel, kernel_size, axes_pairs):
-    """(1 / k^2) sum over offsets d of kernel(p + d, q + d), zero outside the image.
-
-    `kernel` has spatial axis pairs `axes_pairs` = [(row axis, column axis), ...]:
-    one pair (same-position kernels (..., H, W)) or two ((..., H, W, H, W), the
-    position pairs (p, q)); each pair is shifted by the same offset d, as a
-    'same'-padded convolution of stride 1 moves both inputs of the kernel.
-    """
-    radius = kernel_size // 2
-    pads = [[0, 0]] * kernel.shape.rank
-    for pair in axes_pairs:
-        for axis in pair:
-            pads[axis] = [radius, kernel_size - 1 - radius]
-    padded = tf.pad(kernel, pads)
-    total = tf.zeros_like(kernel)
-    for di in range(kernel_size):
-        for dj in range(kernel_size):
-            begin = [0] * kernel.shape.rank
-            for row, col in axes_pairs:
-                begin[row], begin[col] = di, dj
-            total += tf.slice(padded, begin, kernel.shape)
-    return total / kernel_size**2
-
-
 def infinite_width_cnn_kernel(
     x1,
     x2=None,
@@ -225,6 +176,7 @@ def infinite_width_cnn_kernel(
     kind="ntk",
     parametrization="ntk",
     width=None,
+    memory_budget=None,
 ):
     """Infinite-width NTK or NNGP of a CNN (`keras_ntk.models.cnn`) as channels -> infinity.
 
@@ -239,7 +191,8 @@ def infinite_width_cnn_kernel(
     and the readout averages over position pairs (p, q) (global average pooling)
     or over positions p = q (flatten). Flatten only needs same-position kernels
     (N, M, H, W); global average pooling needs all pairs (N, M, H, W, H, W), so
-    its memory is N M (H W)^2 float64 values per intermediate.
+    its memory is N M (H W)^2 float64 values per intermediate, tiled to
+    `memory_budget` (NTKMemoryError when one pair of examples does not fit).
 
     Args:
       x1: (N, H, W, C) images; x2: (M, H, W, C) or None for x1.
@@ -249,6 +202,7 @@ def infinite_width_cnn_kernel(
       activation, w_std, b_std, kind: as `infinite_width_kernel`.
       parametrization, width: as `infinite_width_kernel`; width is the number of
         channels, needed for the standard-parametrization NTK.
+      memory_budget: bytes the call may use (default: half the available memory).
     Returns:
       (N, M) float64 tf.Tensor, per output.
     """
@@ -260,54 +214,22 @@ def infinite_width_cnn_kernel(
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
     a = _as_examples(x1, "x1", rank=4)
-    b = a if x2 is None else _as_examples(x2, "x2", rank=4)
-    if a.shape[1:] != b.shape[1:]:
+    b = None if x2 is None else _as_examples(x2, "x2", rank=4)
+    if b is not None and a.shape[1:] != b.shape[1:]:
         raise ValueError(f"x1 and x2 must have the same image shape, got {a.shape[1:]} and {b.shape[1:]}.")
     height, cols, channels = a.shape[1:]
     channels_out = width or 0  # only the standard parametrization reads the fan-ins
-    fan_ins = [channels * kernel_size**2] + [channels_out * kernel_size**2] * (depth - 1)
-    readout_fan_in = channels_out * (1 if pooling == "global_average" else height * cols)
-    terms = _direct_terms(parametrization, w_std, b_std, fan_ins + [readout_fan_in])
-    expectations = _EXPECTATIONS[activation]
-    w2, b2 = w_std**2, b_std**2
-
-    def same_position(x):  # (n, H, W): Sigma_h(x_p, x_p), all h, by the local recursion
-        sigma = w2 * _receptive_mean(tf.reduce_sum(x * x, -1) / channels, kernel_size, [(1, 2)]) + b2
-        out = [sigma]
-        for _ in range(depth - 1):
-            e, _ = expectations(sigma, sigma, sigma)
-            sigma = w2 * _receptive_mean(e, kernel_size, [(1, 2)]) + b2
-            out.append(sigma)
-        return out
-
-    if pooling == "flatten":  # (N, M, H, W), positions p = q
-        pairs = [(2, 3)]
-        gram = tf.einsum("nhwc,mhwc->nmhw", a, b) / channels
-        v1 = [s[:, None] for s in same_position(a)]
-        v2 = [s[None] for s in same_position(b)]
-        readout_axes = [2, 3]
-    else:  # (N, M, H, W, H, W), position pairs (p, q)
-        pairs = [(2, 3), (4, 5)]
-        gram = tf.einsum("nhwc,mijc->nmhwij", a, b) / channels
-        v1 = [s[:, None, :, :, None, None] for s in same_position(a)]
-        v2 = [s[None, :, None, None] for s in same_position(b)]
-        readout_axes = [2, 3, 4, 5]
-
-    sigma = w2 * _receptive_mean(gram, kernel_size, pairs) + b2
-    a0, c0 = terms[0]
-    ntk = a0 * _receptive_mean(gram, kernel_size, pairs) + c0
-    for h in range(1, depth + 1):
-        e, de = expectations(v1[h - 1], sigma, v2[h - 1])
-        a_h, c_h = terms[h]
-        if h < depth:
-            sigma = w2 * _receptive_mean(e, kernel_size, pairs) + b2
-            ntk = (
-                w2 * _receptive_mean(ntk * de, kernel_size, pairs)
-                + a_h * _receptive_mean(e, kernel_size, pairs)
-                + c_h
-            )
-        else:
-            mean_e = tf.reduce_mean(e, axis=readout_axes)
-            sigma = w2 * mean_e + b2
-            ntk = w2 * tf.reduce_mean(ntk * de, axis=readout_axes) + a_h * mean_e + c_h
-    return ntk if kind == "ntk" else sigma
+    conv = ((kernel_size, kernel_size), (1, 1), (1, 1), "same")
+    layers = []
+    for h in range(depth):
+        fan_in = (channels if h == 0 else channels_out) * kernel_size**2
+        layers += _hidden(f"conv_{h}", activation, parametrization, w_std, b_std, fan_in, conv)
+    if pooling == "global_average":
+        layers.append(maps.GlobalAveragePool("pool"))
+        readout_fan_in = channels_out
+    else:
+        layers.append(maps.Flatten("flatten"))
+        readout_fan_in = channels_out * height * cols
+    layers.append(_affine("readout", parametrization, w_std, b_std, readout_fan_in))
+    kernel_fn = KernelFn(Program.chain((height, cols, channels), layers), memory_budget=memory_budget)
+    return kernel_fn(a.numpy(), None if b is None else b.numpy(), get=kind)
