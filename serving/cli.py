@@ -4,7 +4,9 @@ Imports stay light (standard library only) so that registering the commands does
 TensorFlow; each handler imports what it needs.
 """
 
+import argparse
 import json
+import logging
 import sys
 
 DEFAULT_TARGET = "127.0.0.1:8500"
@@ -80,41 +82,105 @@ def _export(args):
 
 
 # -- serve -------------------------------------------------------------------------------
+def _at_least(minimum, kind=int, note=""):
+    """An argparse type: a number of `kind` >= minimum (one-line error otherwise)."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum:g}{note}, got {text}")
+        return value
+
+    return parse
+
+
+def _port(text):
+    value = _at_least(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 65535 (0: any free port), got {text}")
+    return value
+
+
+def _log_level(text):
+    if not isinstance(logging.getLevelName(text.upper()), int):
+        raise argparse.ArgumentTypeError(f"expected DEBUG, INFO, WARNING or ERROR, got {text!r}")
+    return text.upper()
+
+
+def _one_line_errors(parser):
+    """Usage errors of `parser` print one line (no usage block) and exit with code 2."""
+
+    def error(message):
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+    parser.error = error
+    return parser
+
+
 def _add_serve(commands):
-    p = commands.add_parser(
+    p = _one_line_errors(commands.add_parser(
         "serve",
         help="serve the exported models of a base directory over gRPC",
         description="Serve every version under --model-dir (BASE/NAME/VERSION/), hot-loading new "
-        "versions. SIGTERM or Ctrl-C drains in-flight calls (--grace seconds) and exits.",
-    )
+        "versions. SIGTERM or Ctrl-C drains in-flight calls (--grace seconds) and exits. Bad settings "
+        "are refused at start with one line and exit code 2.",
+    ))
     p.add_argument("--model-dir", required=True, help="model base directory (may be empty)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
-    p.add_argument("--port", type=int, default=8500, help="port (0: any free port, printed)")
-    p.add_argument("--max-workers", type=int, default=8, help="handler threads")
-    p.add_argument("--max-concurrent-rpcs", type=int, default=256, help="calls admitted at once")
-    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between scans of --model-dir")
+    p.add_argument(
+        "--host", default="127.0.0.1",
+        help="address to bind (default 127.0.0.1, loopback only; another address needs --tls-cert/--tls-key "
+        "and --token-file, or --insecure)",
+    )
+    p.add_argument("--port", type=_port, default=8500, help="port (0: any free port, printed)")
+    p.add_argument("--max-workers", type=_at_least(1), default=8, help="threads running small requests")
+    p.add_argument("--large-workers", type=_at_least(1), default=2, help="threads running large requests")
+    p.add_argument(
+        "--max-concurrent-rpcs", type=_at_least(1), default=256,
+        help="calls admitted at once (more: RESOURCE_EXHAUSTED at once; health is not counted)",
+    )
+    p.add_argument(
+        "--poll-interval", type=_at_least(0.01, float, " seconds"), default=1.0,
+        help="seconds between scans of --model-dir (>= 0.01)",
+    )
+    p.add_argument(
+        "--client-timeout", type=_at_least(0.001, float, " seconds"), default=10.0,
+        help="seconds a client may take to send its request or take the next message of an answer",
+    )
     p.add_argument("--token-file", help="file of accepted bearer tokens, one per line (default: no auth)")
     p.add_argument("--tls-cert", help="PEM server certificate chain (with --tls-key)")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--insecure", action="store_true",
+        help="allow a --host beyond loopback without both TLS and bearer tokens",
+    )
+    p.add_argument(
+        "--reflection", action=argparse.BooleanOptionalAction, default=None,
+        help="serve gRPC reflection (default: only when --host is loopback)",
+    )
     p.add_argument("--no-batching", action="store_true", help="do not batch concurrent predictions")
-    p.add_argument("--batch-wait-ms", type=float, default=0.0, help="batcher: wait for more requests (ms)")
-    p.add_argument("--max-batch-examples", type=int, default=256)
-    p.add_argument("--grace", type=float, default=10.0, help="seconds to drain in-flight calls on shutdown")
+    p.add_argument("--batch-wait-ms", type=_at_least(0, float), default=0.0, help="batcher: wait for more requests (ms)")
+    p.add_argument("--max-batch-examples", type=_at_least(1), default=256)
+    p.add_argument(
+        "--grace", type=_at_least(0, float), default=10.0, help="seconds to drain in-flight calls on shutdown"
+    )
     p.add_argument(
         "--tf-threads",
-        type=int,
+        type=_at_least(0),
         default=0,
         help="TensorFlow intra- and inter-op threads (0: TensorFlow's default). Requests run in "
         "parallel on the worker threads, so 1 often gives the lowest latency for small models",
     )
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", type=_log_level, default="INFO")
     p.set_defaults(handler=_serve)
 
 
 def set_tf_threads(count):
     """Set TensorFlow's intra- and inter-op thread pools (before any op runs); 0 keeps the defaults."""
     if count < 0:
-        raise SystemExit(f"keras-ntk: --tf-threads must be >= 0, got {count}.")
+        raise ValueError(f"TensorFlow threads must be >= 0, got {count}.")
     if count:
         import tensorflow as tf
 
@@ -122,39 +188,64 @@ def set_tf_threads(count):
         tf.config.threading.set_inter_op_parallelism_threads(count)
 
 
+def _refuse(message):
+    print(f"keras-ntk serve: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _read_file(path, flag):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as error:
+        _refuse(f"{flag}: cannot read {path}: {error.strerror or error}")
+
+
 def _serve(args):
-    import logging
     import signal
     import threading
 
     from . import auth
-    from .server import Server
 
-    set_tf_threads(args.tf_threads)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
-    tokens = auth.read_tokens(args.token_file) if args.token_file else None
+    tokens = None
+    if args.token_file:
+        try:
+            tokens = auth.read_tokens(args.token_file)
+        except ValueError as error:
+            _refuse(f"--token-file: {error}")
+        warning = auth.exposure(args.token_file)
+        if warning:
+            print(f"keras-ntk serve: warning: {warning}", file=sys.stderr)
     if (args.tls_cert is None) != (args.tls_key is None):
-        raise SystemExit("keras-ntk serve: --tls-cert and --tls-key go together.")
+        _refuse("--tls-cert and --tls-key go together.")
     cert = key = None
     if args.tls_cert:
-        with open(args.tls_cert, "rb") as f:
-            cert = f.read()
-        with open(args.tls_key, "rb") as f:
-            key = f.read()
-    server = Server(
-        args.model_dir,
-        host=args.host,
-        port=args.port,
-        max_workers=args.max_workers,
-        max_concurrent_rpcs=args.max_concurrent_rpcs,
-        poll_interval=args.poll_interval,
-        tokens=tokens,
-        tls_cert=cert,
-        tls_key=key,
-        batching=not args.no_batching,
-        max_batch_examples=args.max_batch_examples,
-        max_batch_wait=args.batch_wait_ms / 1000.0,
-    )
+        cert, key = _read_file(args.tls_cert, "--tls-cert"), _read_file(args.tls_key, "--tls-key")
+    set_tf_threads(args.tf_threads)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    from .server import Server
+
+    try:
+        server = Server(
+            args.model_dir,
+            host=args.host,
+            port=args.port,
+            max_workers=args.max_workers,
+            large_workers=args.large_workers,
+            max_concurrent_rpcs=args.max_concurrent_rpcs,
+            poll_interval=args.poll_interval,
+            client_timeout=args.client_timeout,
+            tokens=tokens,
+            tls_cert=cert,
+            tls_key=key,
+            batching=not args.no_batching,
+            max_batch_examples=args.max_batch_examples,
+            max_batch_wait=args.batch_wait_ms / 1000.0,
+            reflection=args.reflection,
+            insecure=args.insecure,
+        )
+    except (ValueError, OSError) as error:
+        _refuse(str(error))
     stop = threading.Event()
     received = []
 

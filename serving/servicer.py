@@ -1,27 +1,40 @@
 """The KernelService implementation: requests -> registry -> compiled predictive / NTK.
 
-Every handler resolves the ModelSpec (NOT_FOUND), validates its inputs
-(INVALID_ARGUMENT naming what was expected, RESOURCE_EXHAUSTED above the
-limits), honours the deadline (DEADLINE_EXCEEDED when it has passed before or
-during the work) and echoes the effective spec (name and version) in every
-response. Unexpected failures are logged and answered INTERNAL; the server
-goes on serving.
+Every handler checks the deadline first, resolves the ModelSpec (NOT_FOUND;
+UNAVAILABLE while the model loads), validates its inputs (INVALID_ARGUMENT
+naming what was expected), estimates the answer, working memory and cost before
+any work (validation.py: RESOURCE_EXHAUSTED naming the estimate and the limit
+when the answer cannot be sent in one message or does not fit in memory),
+checks the deadline and the client between chunks of work, so that work stops
+soon after DEADLINE_EXCEEDED or a client that went away, and echoes the
+effective spec (name and version) in every response. Outputs that are not
+finite (inputs so large that the model overflows) are INVALID_ARGUMENT, never
+an OK full of NaN. Unexpected failures are logged and answered INTERNAL; the
+server goes on serving.
+
+Predict and ComputeKernel come in two steps, so that a server can run the second
+on a pool chosen by the request's size: `prepare_predict` / `prepare_kernel`
+validate and estimate, returning a `Work`; `Work.run()` computes. The
+handlers `Predict` and `ComputeKernel` do both.
 """
 
 from keras_ntk import _tf_quiet  # noqa: F401  (before TensorFlow: its start-up lines stay off the screen)
+import contextlib
+import dataclasses
 import functools
 import inspect
 import logging
 import math
 import secrets
 import time
+from typing import Callable
 
 import grpc
 import numpy as np
 
 from keras_ntk.ntk.memory import NTKMemoryError
 from . import tensors, validation
-from .errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, ServingError
+from .errors import Cancelled, DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, ServingError, details
 from .registry import AVAILABLE, FAILED, LOADING, UNLOADED
 from .v1 import serving_pb2 as pb
 from .v1 import serving_pb2_grpc
@@ -40,34 +53,46 @@ KERNEL_OUTPUTS = {
     pb.KERNEL_OUTPUT_TRACE: "trace",
     pb.KERNEL_OUTPUT_DIAGONAL: "diagonal",
 }
+KERNEL_DTYPES = {
+    pb.DATA_TYPE_UNSPECIFIED: np.float32,
+    pb.DATA_TYPE_FLOAT32: np.float32,
+    pb.DATA_TYPE_FLOAT64: np.float64,
+}
 MAX_MC_VALUES = 1 << 26  # samples * N * K logits held at once
 
 
-def _errors(method):
-    """Answer ServingError with its code, NTKMemoryError with RESOURCE_EXHAUSTED and
-    anything else with INTERNAL (logged)."""
+def status_of(error):
+    """(grpc.StatusCode, message) of an error; INTERNAL for unexpected ones."""
+    if isinstance(error, ServingError):
+        return error.code, details(error)
+    if isinstance(error, NTKMemoryError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, details(error)
+    return grpc.StatusCode.INTERNAL, details(f"{type(error).__name__}: {error}")
 
-    def answer(error, context):
-        if isinstance(error, ServingError):
-            context.abort(error.code, str(error))
-        if isinstance(error, NTKMemoryError):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-        log.exception("%s failed", method.__name__)
-        context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+
+@contextlib.contextmanager
+def answering(context, method):
+    """Abort the call with the status of any error raised inside (unexpected ones logged)."""
+    try:
+        yield
+    except Exception as error:
+        if not isinstance(error, (ServingError, NTKMemoryError)):
+            log.exception("%s failed", method)
+        context.abort(*status_of(error))
+
+
+def _errors(method):
+    """Handlers answer errors with their status (see `answering`)."""
 
     @functools.wraps(method)
     def unary(self, request, context):
-        try:
+        with answering(context, method.__name__):
             return method(self, request, context)
-        except Exception as error:
-            answer(error, context)
 
     @functools.wraps(method)
     def streaming(self, request, context):
-        try:
+        with answering(context, method.__name__):
             yield from method(self, request, context)
-        except Exception as error:
-            answer(error, context)
 
     return streaming if inspect.isgeneratorfunction(method) else unary
 
@@ -88,12 +113,44 @@ def check_deadline(deadline, what="the work"):
         raise DeadlineExceeded(f"The deadline passed during {what}.")
 
 
-class KernelServicer(serving_pb2_grpc.KernelServiceServicer):
-    """Args: registry (registry.Registry), limits (validation.Limits)."""
+def check_call(context, deadline, what):
+    """DeadlineExceeded after the deadline, Cancelled once the client has gone."""
+    check_deadline(deadline, what)
+    if not context.is_active():
+        raise Cancelled(f"The client cancelled the call during {what}.")
 
-    def __init__(self, registry, limits=None):
+
+@dataclasses.dataclass
+class Work:
+    """A validated request: its estimate, `run()` computing the answer (a response,
+    or an iterator of tiles) and `release()` returning its reserved memory
+    (idempotent; call it once the work has ended or will never run)."""
+
+    estimate: validation.Estimate
+    run: Callable
+    release: Callable
+
+
+def parameter_count(model):
+    """P, the number of trainable parameters of a Keras model."""
+    return sum(math.prod(v.shape) for v in model.trainable_variables)
+
+
+def layer_count(model):
+    """Layers (owners of trainable variables) that per_layer kernels stream."""
+    return len({v.path.rsplit("/", 1)[0] for v in model.trainable_variables})
+
+
+class KernelServicer(serving_pb2_grpc.KernelServiceServicer):
+    """Args: registry (registry.Registry), limits (validation.Limits), the largest
+    message the server sends (bytes), and the validation.MemoryBudget shared by the
+    requests in flight (None: only the per-request limit)."""
+
+    def __init__(self, registry, limits=None, max_message_bytes=64 << 20, memory=None):
         self.registry = registry
         self.limits = limits or validation.Limits()
+        self.max_message_bytes = max_message_bytes
+        self.memory = memory or validation.MemoryBudget()
 
     def _resolve(self, spec):
         if not spec.name:
@@ -108,9 +165,21 @@ class KernelServicer(serving_pb2_grpc.KernelServiceServicer):
         )
         return servable, pb.ModelSpec(name=servable.name, version=servable.version)
 
+    def _work(self, estimate, run):
+        validation.check(estimate, self.limits, self.max_message_bytes)
+        return Work(estimate, run, self.memory.reserve(estimate))
+
     # -- Predict ----------------------------------------------------------------------
     @_errors
     def Predict(self, request, context):
+        work = self.prepare_predict(request, context)
+        try:
+            return work.run()
+        finally:
+            work.release()
+
+    def prepare_predict(self, request, context):
+        """The `Work` of a PredictRequest, or a ServingError."""
         deadline = deadline_of(context)
         servable, spec = self._resolve(request.model_spec)
         x = validation.inputs(request.inputs, servable.input_shape, servable.input_dtype, self.limits)
@@ -118,66 +187,127 @@ class KernelServicer(serving_pb2_grpc.KernelServiceServicer):
         if uncertainty not in pb.Uncertainty.values():
             raise InvalidArgument(f"uncertainty {uncertainty} is not one of {list(pb.Uncertainty.keys())}.")
         classification = servable.likelihood == "classification"
+        joint = uncertainty == pb.UNCERTAINTY_JOINT_COVARIANCE
         n, k = x.shape[0], servable.num_outputs
+        samples = 0
         if classification:
-            if uncertainty == pb.UNCERTAINTY_JOINT_COVARIANCE:
+            if joint:
                 raise InvalidArgument("UNCERTAINTY_JOINT_COVARIANCE is for regression models; this one classifies.")
             if request.observation_noise:
                 raise InvalidArgument("observation_noise is for regression models; this one classifies.")
+            if request.link not in (pb.LINK_UNSPECIFIED, pb.LINK_PROBIT, pb.LINK_MONTE_CARLO):
+                raise InvalidArgument(f"link {request.link} is not one of {list(pb.Link.keys())}.")
+            if request.link == pb.LINK_MONTE_CARLO:
+                samples = request.samples or 1000
+                if samples < 0:
+                    raise InvalidArgument(f"samples must be positive, got {samples}.")
+                if samples > self.limits.max_samples or samples * n * k > MAX_MC_VALUES:
+                    raise ResourceExhausted(
+                        f"{samples} Monte-Carlo samples for {n} examples exceed this server's limits "
+                        f"(at most {self.limits.max_samples} samples and {MAX_MC_VALUES} sampled logits)."
+                    )
         elif request.link != pb.LINK_UNSPECIFIED:
             raise InvalidArgument("link is for classification models; this one is a regression.")
-        response = pb.PredictResponse(model_spec=spec, jitter=servable.predictive.jitter)
-        noise = servable.predictive.noise_variance if request.observation_noise else 0.0
-        if uncertainty == pb.UNCERTAINTY_JOINT_COVARIANCE:
-            if n * k > self.limits.max_joint_size:
-                raise ResourceExhausted(
-                    f"A joint covariance over N K = {n} x {k} = {n * k} outputs exceeds this server's "
-                    f"limit of {self.limits.max_joint_size}; ask for fewer examples or UNCERTAINTY_VARIANCE."
-                )
-            mean, cov = servable.joint(x)
-            cov = cov + noise * np.eye(n * k)
-            response.covariance.CopyFrom(tensors.to_proto(cov))
-            response.variance.CopyFrom(tensors.to_proto(np.diagonal(cov).reshape(n, k)))
-        else:
-            mean, blocks = servable.marginal(x, deadline)
-            if uncertainty == pb.UNCERTAINTY_VARIANCE:
-                response.variance.CopyFrom(tensors.to_proto(np.diagonal(blocks, axis1=1, axis2=2) + noise))
-            if classification:
-                response.probabilities.CopyFrom(tensors.to_proto(self._probabilities(servable, request, mean, blocks, response)))
-        check_deadline(deadline, "the prediction")
-        response.mean.CopyFrom(tensors.to_proto(mean))
-        return response
-
-    def _probabilities(self, servable, request, mean, blocks, response):
-        if request.link in (pb.LINK_UNSPECIFIED, pb.LINK_PROBIT):
-            return servable.predictive.probit(mean, blocks)
-        if request.link != pb.LINK_MONTE_CARLO:
-            raise InvalidArgument(f"link {request.link} is not one of {list(pb.Link.keys())}.")
-        samples = request.samples or 1000
-        if samples < 0:
-            raise InvalidArgument(f"samples must be positive, got {samples}.")
-        if samples > self.limits.max_samples or samples * mean.size > MAX_MC_VALUES:
+        if joint and n * k > self.limits.max_joint_size:
             raise ResourceExhausted(
-                f"{samples} Monte-Carlo samples for {mean.shape[0]} examples exceed this server's limits "
-                f"(at most {self.limits.max_samples} samples and {MAX_MC_VALUES} sampled logits)."
+                f"A joint covariance over N K = {n} x {k} = {n * k} outputs exceeds this server's "
+                f"limit of {self.limits.max_joint_size}; ask for fewer examples or UNCERTAINTY_VARIANCE."
             )
+        estimate = validation.predict_estimate(
+            n, k, parameter_count(servable.model), joint=joint, classification=classification,
+            samples=samples, limits=self.limits,
+        )
         seed = request.seed if request.HasField("seed") else secrets.randbits(62)
-        response.seed = seed
-        return servable.predictive.monte_carlo(mean, blocks, samples, seed)
+        noise = servable.predictive.noise_variance if request.observation_noise else 0.0
+
+        def run():
+            check_call(context, deadline, "the wait for a worker")
+            response = pb.PredictResponse(model_spec=spec, jitter=servable.predictive.jitter)
+            if joint:
+                mean, cov = self._joint(servable, x, context, deadline)
+                cov[np.diag_indices_from(cov)] += noise
+                validation.finite_outputs((mean, cov), "prediction")
+                tensors.fill(response.variance, np.diagonal(cov).reshape(n, k))
+                tensors.fill(response.covariance, cov)
+                del cov
+            else:
+                mean, blocks = self._marginal(servable, x, context, deadline)
+                validation.finite_outputs((mean, blocks), "prediction")
+                if uncertainty == pb.UNCERTAINTY_VARIANCE:
+                    tensors.fill(response.variance, np.diagonal(blocks, axis1=1, axis2=2) + noise)
+                if classification:
+                    if samples:
+                        response.seed = seed
+                        probabilities = servable.predictive.monte_carlo(mean, blocks, samples, seed)
+                    else:
+                        probabilities = servable.predictive.probit(mean, blocks)
+                    tensors.fill(response.probabilities, probabilities)
+            check_call(context, deadline, "the prediction")
+            tensors.fill(response.mean, mean)
+            return response
+
+        return self._work(estimate, run)
+
+    def _marginal(self, servable, x, context, deadline):
+        """(mean (n, K), blocks (n, K, K)) in passes of limits.predict_chunk examples."""
+        chunk = self.limits.predict_chunk
+        parts = []
+        for start in range(0, len(x), chunk):
+            check_call(context, deadline, "the prediction")
+            parts.append(servable.marginal(x[start : start + chunk], deadline))
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(np.concatenate(values) for values in zip(*parts))
+
+    def _joint(self, servable, x, context, deadline):
+        """(mean (n, K), joint covariance (n K, n K), [n, k] order) in passes of at most
+        limits.joint_pass_outputs outputs: blocks of examples, each pair of blocks in
+        one pass, whose off-diagonal part is the cross-covariance of the pair."""
+        n, k = len(x), servable.num_outputs
+        per_pass = max(1, self.limits.joint_pass_outputs // k)
+        if n <= per_pass:
+            check_call(context, deadline, "the joint covariance")
+            return servable.joint(x)
+        size = max(1, per_pass // 2)
+        blocks = [(start, min(start + size, n)) for start in range(0, n, size)]
+        mean = np.empty((n, k))
+        cov = np.empty((n * k, n * k))
+        filled = set()
+        for i, (a0, a1) in enumerate(blocks):
+            for b0, b1 in blocks[i + 1 :]:
+                check_call(context, deadline, "the joint covariance")
+                pair_mean, pair_cov = servable.joint(np.concatenate([x[a0:a1], x[b0:b1]]))
+                split = (a1 - a0) * k
+                rows_a, rows_b = slice(a0 * k, a1 * k), slice(b0 * k, b1 * k)
+                cov[rows_a, rows_b] = pair_cov[:split, split:]
+                cov[rows_b, rows_a] = pair_cov[split:, :split]
+                for (start, stop), part, means in (
+                    ((a0, a1), pair_cov[:split, :split], pair_mean[: a1 - a0]),
+                    ((b0, b1), pair_cov[split:, split:], pair_mean[a1 - a0 :]),
+                ):
+                    if start not in filled:
+                        cov[start * k : stop * k, start * k : stop * k] = part
+                        mean[start:stop] = means
+                        filled.add(start)
+        return mean, cov
 
     # -- ComputeKernel ------------------------------------------------------------------
     @_errors
     def ComputeKernel(self, request, context):
+        work = self.prepare_kernel(request, context)
+        try:
+            yield from work.run()
+        finally:
+            work.release()
+
+    def prepare_kernel(self, request, context):
+        """The `Work` of a ComputeKernelRequest (`run()` yields KernelTile messages)."""
         deadline = deadline_of(context)
         servable, spec = self._resolve(request.model_spec)
         output = KERNEL_OUTPUTS.get(request.output)
         if output is None:
             raise InvalidArgument(f"output {request.output} is not one of {list(pb.KernelOutput.keys())}.")
-        dtype = {
-            pb.DATA_TYPE_UNSPECIFIED: np.float32,
-            pb.DATA_TYPE_FLOAT32: np.float32,
-            pb.DATA_TYPE_FLOAT64: np.float64,
-        }.get(request.dtype)
+        dtype = KERNEL_DTYPES.get(request.dtype)
         if dtype is None:
             raise InvalidArgument("dtype of a kernel must be DATA_TYPE_FLOAT32 or DATA_TYPE_FLOAT64.")
         x1 = validation.inputs(request.x1, servable.input_shape, servable.input_dtype, self.limits, "x1")
@@ -189,11 +319,8 @@ class KernelServicer(serving_pb2_grpc.KernelServiceServicer):
         )
         n, m, k = x1.shape[0], x2.shape[0], servable.num_outputs
         shape = {"full": (n, m, k, k), "trace": (n, m), "diagonal": (n, k, k)}[output]
-        if math.prod(shape) > self.limits.max_kernel_values:
-            raise ResourceExhausted(
-                f"The kernel {list(shape)} has {math.prod(shape)} values; this server answers at most "
-                f"{self.limits.max_kernel_values} per request. Ask for fewer examples or output trace."
-            )
+        layers = layer_count(servable.model) if request.per_layer else 1
+        self._check_kernel_values(shape, layers, request.per_layer)
         if request.max_tile_bytes < 0:
             raise InvalidArgument(f"max_tile_bytes must be >= 0, got {request.max_tile_bytes}.")
         budget = min(request.max_tile_bytes or self.limits.max_tile_bytes, self.limits.max_tile_bytes)
@@ -206,33 +333,65 @@ class KernelServicer(serving_pb2_grpc.KernelServiceServicer):
             rows = max(1, min(n, budget // (cols * entry)))
             col_blocks = [(c, min(c + cols, m)) for c in range(0, m, cols)]
         row_blocks = [(r, min(r + rows, n)) for r in range(0, n, rows)]
-        layers = None
-        tile_count = None
-        for r0, r1 in row_blocks:
-            check_deadline(deadline, "the kernel")
-            if not context.is_active():
-                return
-            block = servable.kernel(x1[r0:r1], None if output == "diagonal" else x2, output, request.per_layer, dtype)
-            parts = block if request.per_layer else {"": block}
-            if tile_count is None:
-                layers = sorted(parts)
-                tile_count = len(row_blocks) * len(col_blocks) * len(layers)
-            for c0, c1 in col_blocks:
-                for layer in layers:
-                    values = parts[layer] if output == "diagonal" else parts[layer][:, c0:c1]
-                    yield pb.KernelTile(
-                        model_spec=spec,
-                        layer=layer,
-                        row_start=r0,
-                        col_start=c0 if output != "diagonal" else 0,
-                        values=tensors.to_proto(values),
-                        kernel_shape=list(shape),
-                        tile_count=tile_count,
-                    )
+        estimate = validation.kernel_estimate(
+            n, m, k, output, layers, np.dtype(dtype).itemsize, parameter_count(servable.model),
+            rows, rows * cols * entry, self.limits,
+        )
+
+        def run():
+            tile_count = None
+            for r0, r1 in row_blocks:
+                check_call(context, deadline, "the kernel")
+                parts = self._kernel_block(servable, x1, x2, r0, r1, output, request.per_layer, dtype)
+                if tile_count is None:
+                    names = sorted(parts)
+                    self._check_kernel_values(shape, len(names), request.per_layer)
+                    tile_count = len(row_blocks) * len(col_blocks) * len(names)
+                for c0, c1 in col_blocks:
+                    for name in names:
+                        values = parts[name] if output == "diagonal" else parts[name][:, c0:c1]
+                        tile = pb.KernelTile(
+                            model_spec=spec,
+                            layer=name,
+                            row_start=r0,
+                            col_start=c0 if output != "diagonal" else 0,
+                            kernel_shape=list(shape),
+                            tile_count=tile_count,
+                        )
+                        tensors.fill(tile.values, values)
+                        yield tile
+
+        return self._work(estimate, run)
+
+    def _check_kernel_values(self, shape, layers, per_layer):
+        values = math.prod(shape) * layers
+        if values > self.limits.max_kernel_values:
+            streamed = f" ({layers} layers x {math.prod(shape)})" if per_layer else ""
+            raise ResourceExhausted(
+                f"The kernel {list(shape)} has {values} values{streamed}; this server answers at most "
+                f"{self.limits.max_kernel_values} per request. Ask for fewer examples, output trace"
+                f"{' or the total instead of per_layer' if per_layer else ''}."
+            )
+
+    @staticmethod
+    def _kernel_block(servable, x1, x2, r0, r1, output, per_layer, dtype):
+        """{layer ("" for the total): kernel rows r0:r1}, checked to be finite."""
+        try:
+            block = servable.kernel(x1[r0:r1], None if output == "diagonal" else x2, output, per_layer, dtype)
+        except ValueError:
+            # The engine's first call compares outputs of two examples; when the inputs
+            # overflow the model, say so instead of the engine's guess about the model.
+            mean, _ = servable.marginal(x1[r0 : r0 + 2])
+            validation.finite_outputs((mean,), "model output")
+            raise
+        parts = block if per_layer else {"": block}
+        validation.finite_outputs(parts.values(), "kernel")
+        return parts
 
     # -- metadata and status ------------------------------------------------------------
     @_errors
     def GetModelMetadata(self, request, context):
+        deadline_of(context)
         servable, spec = self._resolve(request.model_spec)
         meta = servable.metadata
         return pb.GetModelMetadataResponse(
@@ -255,6 +414,7 @@ class KernelServicer(serving_pb2_grpc.KernelServiceServicer):
 
     @_errors
     def GetModelStatus(self, request, context):
+        deadline_of(context)
         spec = request.model_spec
         if not spec.name:
             raise InvalidArgument("model_spec.name is empty; name the model to query.")
@@ -271,6 +431,7 @@ class KernelServicer(serving_pb2_grpc.KernelServiceServicer):
 
     @_errors
     def ListModels(self, request, context):
+        deadline_of(context)
         models = []
         for name in self.registry.names():
             try:

@@ -31,10 +31,18 @@ def dtype_name(enum):
 
 def to_proto(array, dtype=None):
     """A numpy array (any shape) as a `Tensor`; `dtype` converts first."""
+    return fill(pb.Tensor(), array, dtype)
+
+
+def fill(tensor, array, dtype=None):
+    """Write a numpy array into the `Tensor` message `tensor` (a field of a response,
+    so that a large answer is not copied once more by CopyFrom); returns `tensor`."""
     array = np.asarray(array, dtype=dtype)
     enum = dtype_enum(array.dtype)
-    packed = np.ascontiguousarray(array, dtype=DTYPES[enum])
-    return pb.Tensor(dtype=enum, shape=list(array.shape), content=packed.tobytes())
+    tensor.dtype = enum
+    tensor.shape[:] = array.shape
+    tensor.content = np.ascontiguousarray(array, dtype=DTYPES[enum]).tobytes()
+    return tensor
 
 
 def from_proto(tensor, what="tensor"):
@@ -50,7 +58,8 @@ def from_proto(tensor, what="tensor"):
         )
     shape = tuple(tensor.shape)
     if len(shape) > MAX_RANK or any(d < 0 for d in shape):
-        raise InvalidArgument(f"{what}: shape {list(shape)} must have at most {MAX_RANK} non-negative axes.")
+        shown = list(shape[: MAX_RANK + 1]) + (["..."] if len(shape) > MAX_RANK + 1 else [])
+        raise InvalidArgument(f"{what}: shape {shown} must have at most {MAX_RANK} non-negative axes.")
     dtype = DTYPES[tensor.dtype]
     expected = math.prod(shape) * dtype.itemsize
     if len(tensor.content) != expected:

@@ -96,10 +96,18 @@ def test_tls_with_bearer_tokens(exported, certificate):
                         call()
                     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
                     assert "bearer token" in info.value.details()
-        # Health and reflection stay open without a token.
+        # The server's health and reflection stay open without a token; a model's health
+        # needs one, and without it a known and an unknown model look the same.
         channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=cert))
-        check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="m"))
-        assert check.status == health_pb2.HealthCheckResponse.SERVING
+        health = health_pb2_grpc.HealthStub(channel)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert health.Check(health_pb2.HealthCheckRequest(service="")).status == serving
+        for service in ("m", "no-such-model"):
+            with pytest.raises(grpc.RpcError) as info:
+                health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        authorized = (("authorization", f"Bearer {TOKEN}"),)
+        assert health.Check(health_pb2.HealthCheckRequest(service="m"), metadata=authorized).status == serving
         assert "keras_ntk.serving.v1.KernelService" in ProtoReflectionDescriptorDatabase(channel).get_services()
         channel.close()
         # A plaintext client cannot talk to the TLS port.
