@@ -12,11 +12,11 @@ killed sweep therefore resumes at the first unfinished run and loses nothing.
 import datetime
 import json
 import math
-import os
 import pathlib
 import sys
-import tempfile
 import time
+
+from keras_ntk import atomic
 
 
 def run_key(params):
@@ -29,19 +29,8 @@ def run_key(params):
 
 
 def write_json_atomically(path, data):
-    """Write `data` as JSON to `path` through a temporary file renamed into place."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(data, handle, indent=1, allow_nan=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        pathlib.Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write `data` as JSON to `path` atomically (keras_ntk.atomic.write_json)."""
+    atomic.write_json(path, data, indent=1, allow_nan=True)
 
 
 class RunStore:

@@ -7,7 +7,7 @@ import os
 import pathlib
 import platform
 
-from .harness import write_json_atomically
+from keras_ntk import atomic
 
 PACKAGES = ("keras-ntk", "tensorflow", "keras", "tensorflow-probability", "numpy", "matplotlib")
 
@@ -77,12 +77,8 @@ def markdown_table(header, rows):
 
 def write_report(directory, title, body, env):
     """Write directory/report.md (title, body, environment) atomically; returns its path."""
-    path = pathlib.Path(directory) / "report.md"
     text = f"# {title}\n\n{body.rstrip()}\n\n{environment_markdown(env)}"
-    temporary = path.with_name(".report.md.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-    return path
+    return atomic.write_text(pathlib.Path(directory) / "report.md", text)
 
 
 def write_index(out_dir, names, env):
@@ -95,9 +91,6 @@ def write_index(out_dir, names, env):
         except (OSError, ValueError):
             continue
         lines.append(f"## [{name}: {summary['title']}]({name}/{summary['report']})\n\n{summary['finding']}\n")
-    path = out_dir / "index.md"
-    temporary = out_dir / ".index.md.tmp"
-    temporary.write_text("\n".join(lines) + "\n" + environment_markdown(env))
-    os.replace(temporary, path)
-    write_json_atomically(out_dir / "environment.json", env)
+    path = atomic.write_text(out_dir / "index.md", "\n".join(lines) + "\n" + environment_markdown(env))
+    atomic.write_json(out_dir / "environment.json", env, indent=1, allow_nan=True)
     return path
