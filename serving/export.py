@@ -1,28 +1,26 @@
 """Export a fitted posterior as one versioned model directory for the server.
 
-Layout (DESIGN.md): BASE/NAME/VERSION/ with VERSION a positive integer, holding
-  model.keras      the trained network
-  posterior.npz    the posterior state (prior precision, noise, the factors to predict)
-  metadata.json    versions, shapes and dtypes, likelihood, parametrization,
-                   parameter count, posterior type and structure
-The directory is written under BASE/NAME/.export-* and renamed into place, so the
-server (which ignores names that are not positive integers) never sees it half
-written. NAME must match NAME_PATTERN, so it cannot leave BASE.
+Layout: BASE/NAME/VERSION/ with VERSION a positive integer, holding one posterior
+directory (keras_ntk.predictive.posterior_format: model.keras, posterior.npz,
+metadata.json) whose metadata also carries what the server reports: the
+network's parametrization and the export time. The posterior is saved under
+BASE/NAME/.export-*.tmp and renamed into place by a rename that never replaces
+a version, so the server (which ignores names that are not positive integers)
+never sees it half written. NAME must match NAME_PATTERN, so it cannot leave BASE.
 """
 
-import json
-import os
+import datetime
 import pathlib
 import re
-import shutil
-import tempfile
-import time
+
+from keras_ntk import atomic
+from keras_ntk.predictive import posterior_format
+
+from . import loading
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,17}$")
-FILES = ("model.keras", "posterior.npz", "metadata.json")
-FORMAT = "keras-ntk posterior"
-POSTERIORS = ("laplace", "ntk_gp")
+FILES = posterior_format.FILES
 
 
 def check_name(name):
@@ -54,6 +52,11 @@ def parametrization(model):
     return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "none")
 
 
+def _check_version(version):
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+        raise ValueError(f"version must be a positive int, got {version!r}.")
+
+
 def export(posterior, base_dir, name, version=None):
     """Write a fitted `Laplace` or `NTKGP.empirical` as BASE/NAME/VERSION/, atomically.
 
@@ -72,76 +75,43 @@ def export(posterior, base_dir, name, version=None):
     from keras_ntk.predictive import NTKGP, Laplace
 
     check_name(name)
-    if isinstance(posterior, NTKGP) and posterior.model is None:
-        raise ValueError("Only NTK-GPs with an empirical NTK can be exported: build it with NTKGP.empirical.")
+    _check_version(version)
     if not isinstance(posterior, (Laplace, NTKGP)):
         raise ValueError(f"Cannot export a {type(posterior).__name__}: expected a Laplace or an NTKGP.")
+    if posterior.model is None:
+        raise ValueError("Only NTK-GPs with an empirical NTK can be exported: build it with NTKGP.empirical.")
     model_dir = pathlib.Path(base_dir) / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=".export-", dir=model_dir))
-    try:
+    if version is not None and (model_dir / str(version)).exists():
+        raise FileExistsError(f"{model_dir / str(version)} exists; versions are immutable, export a new version.")
+    serving_entries = {
+        "parametrization": parametrization(posterior.model),
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    with atomic.staging_directory(model_dir, "export") as staging:
         content = staging / "version"
-        posterior.save(content)
-        model = posterior.model
-        _complete_metadata(content, model)
+        posterior.save(content, metadata=serving_entries)
         return _rename_into_place(content, model_dir, version)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def export_saved(source_dir, base_dir, name, version=None):
     """Export a directory written by Laplace.save or NTKGP.save (with model.keras):
-    it is loaded first (safe mode) to check it, then copied into place atomically."""
-    from . import loading
-
+    it is loaded first (safe mode, checked) and then exported as `export` does."""
     check_name(name)
-    source_dir = pathlib.Path(source_dir)
-    posterior, model = loading.load_posterior(source_dir)
-    del posterior
-    model_dir = pathlib.Path(base_dir) / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=".export-", dir=model_dir))
-    try:
-        content = staging / "version"
-        content.mkdir()
-        for file in FILES:
-            shutil.copyfile(source_dir / file, content / file)
-        _complete_metadata(content, model)
-        return _rename_into_place(content, model_dir, version)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _complete_metadata(directory, model):
-    """Add what the server reports and the save formats do not hold."""
-    path = directory / "metadata.json"
-    meta = json.loads(path.read_text())
-    meta["parametrization"] = parametrization(model)
-    meta["input_dtype"] = str(model.inputs[0].dtype)
-    meta["output_dtype"] = str(model.outputs[0].dtype)
-    meta["parameters"] = int(sum(int(v.numpy().size) for v in model.trainable_variables))
-    meta["exported_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    path.write_text(json.dumps(meta, indent=2))
-    for file in FILES:
-        if not (directory / file).is_file():
-            raise ValueError(f"The saved posterior lacks {file}; an exported model needs {', '.join(FILES)}.")
+    posterior, _ = loading.load_posterior(pathlib.Path(source_dir))
+    return export(posterior, base_dir, name, version)
 
 
 def _rename_into_place(content, model_dir, version):
     if version is not None:
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise ValueError(f"version must be a positive int, got {version!r}.")
         target = model_dir / str(version)
-        if target.exists():
-            raise FileExistsError(f"{target} exists; versions are immutable, export a new version.")
-        os.rename(content, target)
-        return target
+        try:
+            return atomic.rename_new_directory(content, target)
+        except FileExistsError:
+            raise FileExistsError(f"{target} exists; versions are immutable, export a new version.") from None
     for _ in range(100):  # another exporter may take the same number first
         target = model_dir / str((versions_on_disk(model_dir) or [0])[-1] + 1)
         try:
-            os.rename(content, target)  # fails on an existing non-empty directory
-            return target
-        except OSError:
-            if not target.exists():
-                raise
+            return atomic.rename_new_directory(content, target)
+        except FileExistsError:
+            continue
     raise RuntimeError(f"Could not find a free version number under {model_dir}.")

@@ -1,69 +1,34 @@
-"""Safe loading of one exported version directory (see export.py for the layout).
+"""Safe loading of one exported version directory (a posterior directory, see
+keras_ntk.predictive.posterior_format).
 
 Only the three regular files of the format are read; model.keras is loaded with
 Keras safe_mode=True (no lambda or arbitrary code deserialization) and without
 compiling; metadata.json is checked before anything else is touched.
 """
 
-import json
-import math
 import pathlib
 
-from .export import FILES, FORMAT, POSTERIORS
+from keras_ntk.predictive import posterior_format
 
-
-class CorruptModel(ValueError):
-    """A version directory that is not a loadable export (the message says why)."""
-
-
-def _regular_file(directory, name):
-    path = directory / name
-    if path.is_symlink() or not path.is_file():
-        raise CorruptModel(f"{path} is missing or not a regular file.")
-    return path
+CorruptModel = posterior_format.CorruptPosterior  # a ValueError whose message says what is wrong
 
 
 def read_metadata(directory):
-    """metadata.json of a version directory, checked to describe a servable posterior."""
-    directory = pathlib.Path(directory)
-    for name in FILES:
-        _regular_file(directory, name)
-    try:
-        meta = json.loads((directory / "metadata.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CorruptModel(f"{directory / 'metadata.json'} is not valid JSON: {error}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CorruptModel(f"{directory / 'metadata.json'} does not say format {FORMAT!r}.")
-    if meta.get("posterior") not in POSTERIORS:
-        raise CorruptModel(f"posterior {meta.get('posterior')!r} is not one of {POSTERIORS}.")
-    for key in ("input_shape", "output_shape", "likelihood"):
-        if key not in meta:
-            raise CorruptModel(f"{directory / 'metadata.json'} lacks {key!r}.")
-    return meta
+    """metadata.json of a version directory, checked to describe a servable posterior
+    (all three files present, model.keras included)."""
+    return posterior_format.read_metadata(directory, require_model=True)
 
 
 def load_posterior(directory):
     """(posterior, model) of a version directory, or CorruptModel saying why not."""
-    import keras
-
-    from keras_ntk.predictive import NTKGP, Laplace
+    from keras_ntk.predictive import load_posterior as load
 
     directory = pathlib.Path(directory)
-    meta = read_metadata(directory)
+    read_metadata(directory)
     try:
-        model = keras.models.load_model(directory / "model.keras", safe_mode=True, compile=False)
-    except Exception as error:  # Keras raises many types for a bad archive
-        raise CorruptModel(f"{directory / 'model.keras'} could not be loaded safely: {error}") from None
-    if list(model.input_shape[1:]) != list(meta["input_shape"]):
-        raise CorruptModel(
-            f"model.keras takes inputs {list(model.input_shape[1:])} but metadata.json says "
-            f"{meta['input_shape']}."
-        )
-    if len(model.inputs) != 1 or len(model.outputs) != 1 or math.prod(model.output_shape[1:]) < 1:
-        raise CorruptModel("model.keras must have one input and one output tensor.")
-    try:
-        cls = Laplace if meta["posterior"] == "laplace" else NTKGP
-        posterior = cls.load(directory, model=model)
+        posterior = load(directory)
+    except CorruptModel:
+        raise
     except Exception as error:
-        raise CorruptModel(f"{directory / 'posterior.npz'} could not be restored: {error}") from None
-    return posterior, model
+        raise CorruptModel(f"{directory / posterior_format.STATE_FILE} could not be restored: {error}") from None
+    return posterior, posterior.model

@@ -17,7 +17,7 @@ import keras_ntk
 from keras_ntk.predictive import numerics
 from keras_ntk.predictive.dynamics import gradient_descent_mse, gradient_descent_mse_ensemble
 from keras_ntk.predictive.gp import NTKGP
-from references import brute_force_ntk
+from references import brute_force_ntk, gp_posterior_variance, relu_mlp_ntk
 
 tfd = tfp.distributions
 TOL = dict(rtol=1e-6, atol=1e-6)
@@ -146,6 +146,66 @@ def test_infinite_width_posterior_equals_dense_formulas(kind):
     np.testing.assert_allclose(gp.predict(x_test, joint=True).covariance(), cov, **TOL)
     expected = stats.multivariate_normal.logpdf(y, np.zeros(8), k_train + 0.05 * np.eye(8))
     np.testing.assert_allclose(gp.log_marginal_likelihood(), expected, **TOL)
+
+
+def _gap_data(seed=0, n=100, gap=(-0.2, 0.4), noise_std=0.1):
+    """1-D regression data on [-1, 1] without points in `gap` (as in E1)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1 - (gap[1] - gap[0]), size=n)
+    x = np.where(x >= gap[0], x + (gap[1] - gap[0]), x)
+    y = np.sin(1.5 * np.pi * x) + 0.5 * np.sin(5 * np.pi * x) * x + noise_std * rng.normal(size=n)
+    return x[:, None], y
+
+
+def test_standard_parametrization_posterior_variance_on_a_fine_grid():
+    """The standard-parametrization NTK-GP at width 1024: kernel values up to ~6e3,
+    posterior variances down to ~5e-3 (a cancellation of ~1e6 in k** - k*X K^-1 kX*).
+
+    Against an independent numpy reference in extended precision (kernel and
+    Cholesky, references.relu_mlp_ntk / gp_posterior_variance), the float64
+    variance on a 4001-point grid agrees to 1e-4 relative: float64 kernels are
+    accurate to ~3e-11 relative (arccos near angle 0 loses digits for nearby
+    inputs), times the ~1e6 cancellation gives ~3e-5. The difference has no
+    grid-to-grid jumps, so no numerical noise makes the band jagged.
+
+    What does make it look jagged is the kernel: the ReLU NTK has a cusp on the
+    diagonal, Theta(x, x') ~ Theta(x, x) - c |x - x'|, so the posterior variance
+    falls to about s^2 at every training input and rises between them in arches
+    of height ~ c * gap. In standard parametrization c grows with the width (the
+    arch per unit gap scales by about 4 from width 256 to 1024) while in NTK
+    parametrization it does not.
+    """
+    x, y = _gap_data()
+    noise, width = 0.01, 1024
+    grid = np.linspace(-1.2, 1.2, 4001)[:, None]
+    common = dict(depth=2, w_std=2**0.5, b_std=1.0)
+    gp = NTKGP.infinite_width(x, y, noise, parametrization="standard", width=width, **common)
+    assert gp.jitter == 0.0
+    variance = gp.predict(grid).variance().numpy()[:, 0]
+    ref_args = dict(parametrization="standard", width=width, **common)
+    reference = gp_posterior_variance(
+        relu_mlp_ntk(x, x, **ref_args), relu_mlp_ntk(grid, x, **ref_args), relu_mlp_ntk(grid, None, **ref_args), noise
+    ).astype(np.float64)
+    assert reference.min() > 0.004 and relu_mlp_ntk(grid, None, **ref_args).max() > 4e3  # the scale described
+    np.testing.assert_allclose(variance, reference, rtol=1e-4)
+    assert np.abs(np.diff(variance - reference)).max() < 1e-6 * reference.max()
+
+    xs = np.sort(x[:, 0])
+    at_data = gp.predict(xs[:, None]).variance().numpy()[:, 0]
+    assert at_data.max() <= noise
+
+    def arch_per_gap(gp):
+        v = gp.predict(grid).variance().numpy()[:, 0]
+        heights = [
+            v[(grid[:, 0] > a) & (grid[:, 0] < b)].max() / (b - a)
+            for a, b in zip(xs[:-1], xs[1:])
+            if 0.005 < b - a < 0.1  # neighbours inside the data, resolved by the grid
+        ]
+        return np.median(heights)
+
+    narrow = NTKGP.infinite_width(x, y, noise, parametrization="standard", width=256, **common)
+    assert 3.5 < arch_per_gap(gp) / arch_per_gap(narrow) < 4.1
+    assert arch_per_gap(gp) > 50 * arch_per_gap(NTKGP.infinite_width(x, y, noise, **common))
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Linearized Laplace against dense numpy references built from brute-force Jacobians."""
+"""Linearized Laplace against dense numpy references built from brute-force Jacobians
+(references.loop_jacobian: one tape.gradient call per example and output)."""
 
 import math
 
@@ -10,17 +11,15 @@ import tensorflow as tf
 import keras_ntk
 from keras_ntk.predictive import FactorizationError, factorize, numerics
 from keras_ntk.predictive.laplace import EvidenceCallback, Laplace
+from references import loop_jacobian
 
 STRUCTURES = ["full", "diag", "last_layer", "kron", "function_space"]
+SAVED_STRUCTURES = STRUCTURES + ["last_layer_kron"]
 
 
 def _jacobian(model, x):
-    """f (n, K) and J (n, K, P) float64 by tape.jacobian."""
-    with tf.GradientTape() as tape:
-        f = model(x)
-    jac = tape.jacobian(f, model.trainable_variables)
-    n, k = f.shape
-    return f.numpy().astype(np.float64), np.concatenate([j.numpy().reshape(n, k, -1) for j in jac], -1).astype(np.float64)
+    """f (n, K) and J (n, K, P) float64, J by a loop of tape.gradient calls."""
+    return model(x).numpy().astype(np.float64), loop_jacobian(model, x)
 
 
 def _train(model, x, y, steps, learning_rate=0.01, loss="mse"):
@@ -127,7 +126,7 @@ def test_kron_and_diag_equal_full_where_exact_and_differ_elsewhere():
 
     full, full_evidence = cov(single, "full", x, y)
     kron, kron_evidence = cov(single, "kron", x, y)
-    np.testing.assert_allclose(kron, full, atol=1e-10)  # single dense layer: K-FAC is exact
+    np.testing.assert_allclose(kron, full, atol=1e-10)  # single dense layer, regression: K-FAC is exact
     assert kron_evidence == pytest.approx(full_evidence, rel=1e-10)
     blocks = Laplace(single, structure="kron", prior_precision=0.5, noise_variance=0.2).fit((x, y))
     blocks = blocks.functional_covariance(x_test).numpy()
@@ -145,6 +144,37 @@ def test_kron_and_diag_equal_full_where_exact_and_differ_elsewhere():
     for structure in ("diag", "kron", "last_layer"):
         approx, _ = cov(model, structure, x, y)
         assert np.abs(approx - full).max() > 1e-3 * np.abs(full).max(), structure
+
+
+def test_kron_of_one_dense_classifier_is_the_kfac_product_not_the_full_ggn():
+    """One dense layer, softmax likelihood: the per-example GGN block is
+    a~ a~^T (x) H_n with H_n = diag(p_n) - p_n p_n^T varying over examples, so K-FAC's
+    (sum a~ a~^T) (x) (sum H_n / N) differs from the full GGN: kron matches that
+    numpy product (over [W; b] with bias_scale appended to the inputs) and not "full"."""
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((4,))
+    layer = keras_ntk.layers.Dense(3, w_std=1.3, b_std=0.4)
+    model = keras.Model(inputs, layer(inputs))
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(12, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, size=12)
+    x_test = rng.normal(size=(3, 4)).astype(np.float32)
+    delta = 0.5
+    kron = Laplace(model, "classification", "kron", prior_precision=delta).fit((x, labels))
+    full = Laplace(model, "classification", "full", prior_precision=delta).fit((x, labels))
+    f = model(x).numpy().astype(np.float64)
+    p = np.exp(f - f.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    hessian = np.einsum("nk,kl->nkl", p, np.eye(3)) - np.einsum("nk,nl->nkl", p, p)
+    a = np.concatenate([layer.weight_scale * x, np.full((12, 1), layer.bias_scale)], axis=1).astype(np.float64)
+    precision = np.kron(a.T @ a, hessian.mean(0)) + delta * np.eye(a.shape[1] * 3)
+    _, jac_test = _jacobian(model, x_test)  # columns: vec(W) row-major, then b: vec([W; b])
+    expected = np.einsum("ikp,pq,jlq->ikjl", jac_test, np.linalg.inv(precision), jac_test).reshape(9, 9)
+    kron_cov = kron.functional_covariance(x_test, joint=True).numpy()
+    full_cov = full.functional_covariance(x_test, joint=True).numpy()
+    np.testing.assert_allclose(kron_cov, expected, rtol=1e-5, atol=1e-7 * np.abs(expected).max())
+    assert np.abs(kron_cov - full_cov).max() > 1e-3 * np.abs(full_cov).max()
+    assert abs(float(kron.log_marginal_likelihood()) - float(full.log_marginal_likelihood())) > 1e-4
 
 
 @pytest.mark.parametrize("likelihood", ["regression", "classification"])
@@ -319,7 +349,7 @@ def test_regression_predictive_is_the_function_variance_plus_noise_on_request():
     assert joint.event_shape == (x_test.shape[0] * 2,)
 
 
-@pytest.mark.parametrize("structure", STRUCTURES)
+@pytest.mark.parametrize("structure", SAVED_STRUCTURES)
 def test_save_load_round_trip_gives_identical_predictions(tmp_path, structure):
     model, x, y, x_test = _regression_problem()
     laplace = Laplace(model, structure=structure, prior_precision=0.8, noise_variance=0.1).fit((x, y))
@@ -348,7 +378,13 @@ def test_evidence_callback_tunes_hyperparameters_during_fit():
     "build, message",
     [
         (lambda m, x, y: Laplace(m, likelihood="poisson"), "likelihood"),
-        (lambda m, x, y: Laplace(m, structure="block"), "structure"),
+        (lambda m, x, y: Laplace(m, structure="block"), "structure must be one of"),
+        (lambda m, x, y: Laplace(m, structure="kron", hessian_structure="diag"), "either structure"),
+        (lambda m, x, y: Laplace(m, hessian_structure="block"), "hessian_structure must be one of"),
+        (lambda m, x, y: Laplace(m, subset_of_weights="first_layer"), "subset_of_weights must be one of"),
+        (lambda m, x, y: Laplace(m, subset_of_weights=["nope"]), "distinct layer paths"),
+        (lambda m, x, y: Laplace(m, subset_of_weights=[]), "distinct layer paths"),
+        (lambda m, x, y: Laplace(m, structure="kron", subset_size=3), "subset_size"),
         (lambda m, x, y: Laplace(m, prior_precision=-1.0), "prior_precision"),
         (lambda m, x, y: Laplace(m).fit((x, y[:5])), "same number of examples"),
         (lambda m, x, y: Laplace(m).fit((x, y[:, :1] * np.nan)), "NaN"),
@@ -370,21 +406,3 @@ def test_singular_systems_name_the_jitter_tried():
     laplace = Laplace(model, structure="full").fit((x, y))
     laplace.predict(np.repeat(x_test[:1], 3, axis=0), joint=True)  # rank-deficient joint covariance
     assert laplace.jitter > 0
-
-
-def test_staged_directory_replaces_on_success_and_keeps_the_old_one_on_failure(tmp_path):
-    from keras_ntk.predictive import storage
-
-    target = tmp_path / "posterior"
-    target.mkdir()
-    (target / "old.txt").write_text("old")
-    with pytest.raises(RuntimeError):
-        with storage.staged_directory(target) as staging:
-            (staging / "new.txt").write_text("new")
-            raise RuntimeError("interrupted")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["posterior"]
-    assert [p.name for p in target.iterdir()] == ["old.txt"]
-    with storage.staged_directory(target) as staging:
-        (staging / "new.txt").write_text("new")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["posterior"]
-    assert [p.name for p in target.iterdir()] == ["new.txt"]

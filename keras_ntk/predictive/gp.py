@@ -1,4 +1,4 @@
-"""Gaussian-process posteriors with NTK and NNGP kernels (the NTK-GP of PAPER.md).
+"""Gaussian-process posteriors with NTK and NNGP kernels (the NTK-GP).
 
 With training inputs X (N examples), targets y (N, K), prior mean m (e.g. the
 network at its current weights, f_0), kernel k and noise variance s^2:
@@ -9,14 +9,23 @@ network at its current weights, f_0), kernel k and noise variance s^2:
 output="independent": k(x1, x2) is (N, M), one kernel shared by K independent
 outputs. output="full": k(x1, x2) is (N, M, K, K) and the Gram is the
 (N K) x (N K) matrix whose row n * K + k belongs to example n, output k.
-Every solve is a float64 Cholesky from `numerics.factorize`, whose jitter is
-reported, never silent. Predictions are TFP distributions over (M, K) outputs.
+Every solve is a float64 Cholesky R R^T = k(X, X) + s^2 I from
+`numerics.factorize`, whose jitter is reported, never silent; the covariance is
+evaluated as k(x*, x*') - W^T W' with W = R^-1 k(X, x*) (`posterior_moments`,
+shared by `NTKGP.predict` and compiled predictives). Predictions are TFP
+distributions over (M, K) outputs.
+
+The posterior variance is continuous but need not be smooth: kernels with a
+cusp on the diagonal, k(x, x') = k(x, x) - c |x - x'| + O(|x - x'|^2) (the
+ReLU NTK, whose relu'(u) relu'(v) term gives it), have posterior variances
+that fall to about s^2 at every training input and rise between them, in
+proportion to c times the gap. The standard-parametrization NTK's c grows
+with the width, so on a grid as coarse as the training inputs its posterior
+standard deviation looks jagged although every value is accurate.
 """
 
 import functools
-import json
 import math
-import pathlib
 
 import keras
 import numpy as np
@@ -25,7 +34,9 @@ import tensorflow_probability as tfp
 
 from keras_ntk import models
 from keras_ntk.ntk import NTK, infinite_width_kernel
-from keras_ntk.predictive import numerics, storage
+from keras_ntk.ntk import contract as contract_lib
+from keras_ntk.predictive import features, numerics, posterior_format
+from keras_ntk.predictive.compiled import PredictiveFunctions
 
 tfd = tfp.distributions
 
@@ -83,15 +94,15 @@ def evaluate_kernel(kernel, x1, x2, num_outputs=None, what="kernel"):
 
 
 def flatten_blocks(kernel):
-    """(N, M, K, K) -> (N K, M K) with row n * K + k and column m * K + l."""
-    n, m, k, _ = kernel.shape
-    return tf.reshape(tf.transpose(kernel, (0, 2, 1, 3)), (n * k, m * k))
+    """(N, M, K, K) -> (N K, M K) with row n * K + k and column m * K + l (traceable)."""
+    shape = tf.shape(kernel)
+    return tf.reshape(tf.transpose(kernel, (0, 2, 1, 3)), (shape[0] * shape[2], shape[1] * shape[3]))
 
 
 def kernel_diagonal(kernel, x, num_outputs=None, what="kernel"):
     """k(x_i, x_i) for every example, evaluated in chunks of DIAGONAL_CHUNK examples.
 
-    Returns (M,) float64, or (M, K) (the diagonal of each K x K block) for num_outputs=K.
+    Returns (M,) float64, or the K x K blocks (M, K, K) for num_outputs=K.
     """
     parts = []
     for start in range(0, x.shape[0], DIAGONAL_CHUNK):
@@ -100,9 +111,47 @@ def kernel_diagonal(kernel, x, num_outputs=None, what="kernel"):
         if num_outputs is None:
             parts.append(tf.linalg.diag_part(block))
         else:
-            per_example = tf.linalg.diag_part(tf.transpose(block, (2, 3, 0, 1)))
-            parts.append(tf.linalg.diag_part(tf.transpose(per_example, (2, 0, 1))))
+            parts.append(tf.transpose(tf.linalg.diag_part(tf.transpose(block, (2, 3, 0, 1))), (2, 0, 1)))
     return tf.concat(parts, axis=0)
+
+
+def posterior_moments(prior_mean, cross, prior, chol, alpha, independent, joint):
+    """GP posterior mean and covariance at n test inputs from kernel values (pure TensorFlow).
+
+    Args:
+      prior_mean: m(x*) (n, K).
+      cross: k(x*, X): (n, N) for independent outputs, else (n K, N K) [n, k] order.
+      prior: k(x*, x*): joint (n, n) independent / (n K, n K) full; marginal (n,)
+        independent / the blocks (n, K, K) full.
+      chol: R (R_rows, R_rows), lower Cholesky factor of k(X, X) + s^2 I.
+      alpha: (k(X, X) + s^2 I)^-1 (y - m(X)): (N, K) independent, (N K, 1) full.
+      independent: one kernel shared by K independent outputs.
+      joint: the joint covariance instead of the per-example blocks.
+    Returns:
+      mean (n, K) and the covariance k(x*, x*) - W^T W, W = R^-1 k(X, x*): joint
+      (n, n) shared by the K outputs (independent) or (n K, n K); marginal the
+      blocks (n, K, K) (independent: the variance times I_K).
+    """
+    n, k = tf.shape(prior_mean)[0], tf.shape(prior_mean)[1]
+    mean = prior_mean + tf.reshape(tf.matmul(cross, alpha), (n, k))
+    w = tf.linalg.triangular_solve(chol, tf.transpose(cross), lower=True)
+    if joint:
+        return mean, prior - tf.matmul(w, w, transpose_a=True)
+    if independent:
+        variance = prior - tf.reduce_sum(w**2, axis=0)
+        return mean, variance[:, None, None] * tf.eye(k, dtype=tf.float64)
+    w = tf.reshape(w, (-1, n, k))
+    return mean, prior - tf.einsum("pik,pil->ikl", w, w)
+
+
+def shared_joint(covariance, num_outputs):
+    """kron(covariance, I_K): (n, n) shared by K independent outputs -> (n K, n K), [n, k] order."""
+    n = tf.shape(covariance)[0]
+    cov4 = tf.einsum("ij,kl->ikjl", covariance, tf.eye(num_outputs, dtype=covariance.dtype))
+    return tf.reshape(cov4, (n * num_outputs, n * num_outputs))
+
+
+_posterior_moments = tf.function(posterior_moments, reduce_retracing=True)
 
 
 def marginal_distribution(mean, variance):
@@ -166,12 +215,16 @@ class NTKGP:
 
     Attributes:
       factorization: `numerics.Factorization` of k(X, X) + s^2 I, (N, N) or (N K, N K).
+      representer_weights: alpha = (k(X, X) + s^2 I)^-1 (y - m(X)), (N, K) or (N K, 1).
       jitter: absolute jitter added to its diagonal (0.0 when none was needed).
       condition_number: 2-norm condition number of the factorized matrix.
       predictive_jitter: jitter added to the covariance by the latest
         predict(joint=True) call (None before one).
       num_outputs: K.
+      likelihood: "regression".
     """
+
+    likelihood = "regression"
 
     def __init__(
         self, kernel, x_train, y_train, noise_variance, mean_fn=None, output="independent"
@@ -204,8 +257,8 @@ class NTKGP:
             gram + self.noise_variance * tf.eye(gram.shape[0], dtype=tf.float64),
             what="the training Gram matrix k(X, X) + noise_variance I",
         )
-        self._residual = self._columns(self.y_train - self._prior_mean(self.x_train))
-        self._alpha = self.factorization.solve(self._residual)
+        self.residual = self._columns(self.y_train - self._prior_mean(self.x_train))
+        self.representer_weights = self.factorization.solve(self.residual)
 
     @classmethod
     def empirical(cls, model, x_train, y_train, noise_variance, output="independent", center=True):
@@ -236,11 +289,16 @@ class NTKGP:
         w_std=models.DEFAULT_W_STD,
         b_std=models.DEFAULT_B_STD,
         kind="ntk",
+        parametrization="ntk",
+        width=None,
     ):
         """Zero-mean GP with the analytic infinite-width NTK (kind="ntk") or NNGP
-        (kind="nngp") of `keras_ntk.models.mlp` (arguments as `infinite_width_kernel`),
-        shared by independent outputs."""
+        (kind="nngp") of `keras_ntk.models.mlp` (arguments as `infinite_width_kernel`;
+        the standard-parametrization NTK needs the network's `width`), shared by
+        independent outputs. Kernel, solve and predictions are float64 throughout."""
         recipe = dict(depth=depth, activation=activation, w_std=w_std, b_std=b_std, kind=kind)
+        if parametrization != "ntk" or width is not None:
+            recipe.update(parametrization=parametrization, width=width)
         gp = cls(functools.partial(infinite_width_kernel, **recipe), x_train, y_train, noise_variance)
         gp._recipe = {"kernel": "infinite_width", **recipe}
         return gp
@@ -252,6 +310,11 @@ class NTKGP:
     @property
     def condition_number(self):
         return self.factorization.condition_number
+
+    @property
+    def model(self):
+        """The (copied) network of an `empirical` GP, else None."""
+        return self._model
 
     def _matrix(self, x1, x2):
         """k(x1, x2) as (N, M), or (N K, M K) for output="full"."""
@@ -296,26 +359,81 @@ class NTKGP:
                 f"x must have shape (examples, {', '.join(map(str, self.x_train.shape[1:]))}) "
                 f"like x_train, got {x.shape}."
             )
-        m, k = x.shape[0], self.num_outputs
-        cross = self._matrix(x, self.x_train)
-        mean = self._prior_mean(x) + tf.reshape(tf.matmul(cross, self._alpha), (m, k))
-        chol = self.factorization.chol
-        whitened = tf.linalg.triangular_solve(chol, tf.transpose(cross), lower=True)
+        independent = self.output == "independent"
+        if joint:
+            prior = self._matrix(x, x)
+        else:
+            prior = kernel_diagonal(self.kernel, x, None if independent else self.num_outputs)
+        mean, covariance = _posterior_moments(
+            self._prior_mean(x),
+            self._matrix(x, self.x_train),
+            prior,
+            self.factorization.chol,
+            self.representer_weights,
+            independent,
+            joint,
+        )
         noise = self.noise_variance if observation_noise else 0.0
         if joint:
-            covariance = self._matrix(x, x) - tf.matmul(whitened, whitened, transpose_a=True)
             covariance += noise * tf.eye(covariance.shape[0], dtype=tf.float64)
             distribution, factor = joint_distribution(mean, covariance, "the predictive covariance")
             self.predictive_jitter = factor.jitter
             return distribution
-        reduction = tf.reduce_sum(whitened**2, axis=0)
-        if self.output == "independent":
-            variance = kernel_diagonal(self.kernel, x) - reduction
-            variance = tf.tile(variance[:, None], (1, k))
-        else:
-            prior = kernel_diagonal(self.kernel, x, k)
-            variance = prior - tf.reshape(reduction, (m, k))
-        return marginal_distribution(mean, variance + noise)
+        return marginal_distribution(mean, tf.linalg.diag_part(covariance) + noise)
+
+    def predictive_functions(self):
+        """The posterior's prediction as pure TensorFlow functions (a
+        `PredictiveFunctions`) for `compile_predictive`: the empirical NTK from the
+        structured engine's per-example factors (the training inputs' computed
+        once) and the same `posterior_moments` as `predict`.
+
+        Raises:
+          ValueError: the GP has no network (not built by `empirical`).
+        """
+        model = self._model
+        if model is None:
+            raise ValueError(
+                "Only NTK-GPs with an empirical NTK (a network) can be compiled; "
+                "an infinite-width GP has no model to run."
+            )
+        feature_map = features.feature_map(model, self.x_train)
+        train = features.factors_of(feature_map, self.x_train)
+        groups, k = feature_map.groups, self.num_outputs
+        independent = self.output == "independent"
+        chol, alpha = self.factorization.chol, self.representer_weights
+        center = self.mean_fn is not None
+
+        def kernel(f1, f2):
+            if independent:
+                return contract_lib.contract(groups, f1, f2, "trace", tf.float64, False)
+            return flatten_blocks(contract_lib.contract(groups, f1, f2, "full", tf.float64, False))
+
+        def moments(x, joint):
+            fx = feature_map.factors(x)
+            if center:
+                prior_mean = tf.cast(tf.reshape(model(x, training=False), (tf.shape(x)[0], k)), tf.float64)
+            else:
+                prior_mean = tf.zeros((tf.shape(x)[0], k), tf.float64)
+            if joint:
+                prior = kernel(fx, fx)
+            else:
+                prior = contract_lib.contract(groups, fx, None, "diagonal", tf.float64, False)
+                if independent:
+                    prior = tf.reduce_mean(tf.linalg.diag_part(prior), axis=1)
+            return posterior_moments(prior_mean, kernel(fx, train), prior, chol, alpha, independent, joint)
+
+        def joint(x):
+            mean, covariance = moments(x, True)
+            return mean, shared_joint(covariance, k) if independent else covariance
+
+        return PredictiveFunctions(
+            model=model,
+            likelihood=self.likelihood,
+            noise_variance=self.noise_variance,
+            jitter=self.jitter,
+            marginal=lambda x: moments(x, False),
+            joint=joint,
+        )
 
     def log_marginal_likelihood(self):
         """log p(y | X) as a float64 scalar tensor.
@@ -327,26 +445,26 @@ class NTKGP:
         n, k = self.y_train.shape
         copies = k if self.output == "independent" else 1
         return -0.5 * (
-            tf.reduce_sum(self._residual * self._alpha)
+            tf.reduce_sum(self.residual * self.representer_weights)
             + copies * self.factorization.log_det()
             + n * k * math.log(2 * math.pi)
         )
 
     # -- persistence ------------------------------------------------------------
-    @property
-    def model(self):
-        """The (copied) network of an `empirical` GP, else None."""
-        return self._model
-
-    def save(self, directory):
-        """Write the GP into `directory`, atomically (a temporary directory renamed
-        into place): metadata.json, posterior.npz (x_train (N, ...), y_train (N, K),
-        the Cholesky factor of the Gram (N, N) or (N K, N K), the representer
-        weights alpha, residual y - m(X), jitter, condition number) and, for an
-        `empirical` GP, model.keras (the network at the copied weights).
+    def save(self, directory, metadata=None):
+        """Write the GP as a posterior directory (keras_ntk.predictive.posterior_format),
+        atomically: posterior.npz holds x_train (N, ...), y_train (N, K), the Cholesky
+        factor of the Gram (N, N) or (N K, N K), the representer weights, the
+        residual y - m(X), jitter and condition number; an `empirical` GP also
+        writes model.keras (the network at the copied weights).
 
         Only GPs built by `NTKGP.empirical` or `NTKGP.infinite_width` can be saved;
         a GP over an arbitrary kernel callable raises ValueError.
+
+        Args:
+          metadata: extra JSON-ready entries for metadata.json.
+        Returns:
+          the pathlib.Path of the directory.
         """
         if self._recipe is None:
             raise ValueError(
@@ -355,56 +473,44 @@ class NTKGP:
             )
         if self._recipe["kernel"] == "infinite_width" and not isinstance(self._recipe["activation"], str):
             raise ValueError("save() needs the activation of an infinite-width GP given by name.")
-        with storage.staged_directory(directory) as staging:
-            if self._model is not None:
-                self._model.save(staging / "model.keras")
-            np.savez(
-                staging / "posterior.npz",
-                x_train=self.x_train,
-                y_train=self.y_train.numpy(),
-                chol=self.factorization.chol.numpy(),
-                jitter=self.factorization.jitter,
-                condition_number=self.factorization.condition_number,
-                residual=self._residual.numpy(),
-                alpha=self._alpha.numpy(),
-                noise_variance=self.noise_variance,
-            )
-            (staging / "metadata.json").write_text(json.dumps(self._metadata(), indent=2))
-        return pathlib.Path(directory)
-
-    def _metadata(self):
-        from keras_ntk import __version__
-
-        meta = {
-            "format": "keras-ntk posterior",
-            "keras_ntk": __version__,
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "posterior": "ntk_gp",
-            "likelihood": "regression",
-            "structure": self.output,
+        state = dict(
+            x_train=self.x_train,
+            y_train=self.y_train.numpy(),
+            chol=self.factorization.chol.numpy(),
+            jitter=self.factorization.jitter,
+            condition_number=self.factorization.condition_number,
+            residual=self.residual.numpy(),
+            alpha=self.representer_weights.numpy(),
+            noise_variance=self.noise_variance,
+        )
+        entries = {
             "kernel": dict(self._recipe),
             "noise_variance": self.noise_variance,
             "jitter": self.jitter,
             "train_examples": int(self.x_train.shape[0]),
-            "input_shape": list(self.x_train.shape[1:]),
-            "output_shape": [self.num_outputs],
         }
-        if self._model is not None:
-            meta["input_shape"] = list(self._model.input_shape[1:])
-            meta["output_shape"] = list(self._model.output_shape[1:])
-            meta["parameters"] = int(sum(math.prod(v.shape) for v in self._model.trainable_variables))
-        return meta
+        return posterior_format.save(
+            directory,
+            posterior="ntk_gp",
+            likelihood=self.likelihood,
+            structure=self.output,
+            state=state,
+            model=self._model,
+            input_shape=self.x_train.shape[1:],
+            output_shape=[self.num_outputs],
+            entries=entries,
+            extra=metadata,
+        )
 
     @classmethod
     def load(cls, directory, model=None):
         """Restore a GP saved by `save` without refactorizing: the stored Cholesky
         factor and representer weights are used as they are. `model` defaults to
-        the saved model.keras (loaded with safe_mode=True)."""
-        directory = pathlib.Path(directory)
-        meta = json.loads((directory / "metadata.json").read_text())
-        if meta.get("posterior") != "ntk_gp":
-            raise ValueError(f"{directory} holds a {meta.get('posterior')!r} posterior, not an NTK-GP.")
+        the saved model.keras (loaded with safe_mode=True). Raises
+        posterior_format.CorruptPosterior (a ValueError) for a directory that is
+        not an NTK-GP posterior."""
+        saved = posterior_format.load(directory, "ntk_gp", model)
+        meta, state = saved.metadata, saved.state
         recipe = dict(meta["kernel"])
         gp = cls.__new__(cls)
         gp.output = meta["structure"]
@@ -412,26 +518,21 @@ class NTKGP:
         gp._model = None
         gp.mean_fn = None
         if recipe["kernel"] == "empirical_ntk":
-            if model is None:
-                model = keras.models.load_model(directory / "model.keras", safe_mode=True, compile=False)
-            gp._model = model
-            gp.kernel, gp.mean_fn = _empirical_kernel_and_mean(model, gp.output, recipe["center"])
+            gp._model = saved.model
+            gp.kernel, gp.mean_fn = _empirical_kernel_and_mean(saved.model, gp.output, recipe["center"])
         elif recipe["kernel"] == "infinite_width":
             kwargs = {k: v for k, v in recipe.items() if k != "kernel"}
             gp.kernel = functools.partial(infinite_width_kernel, **kwargs)
         else:
-            raise ValueError(f"Unknown kernel {recipe['kernel']!r} in {directory / 'metadata.json'}.")
-        with np.load(directory / "posterior.npz") as state:
-            gp.x_train = state["x_train"]
-            gp.y_train = tf.constant(state["y_train"], tf.float64)
-            gp.noise_variance = float(state["noise_variance"])
-            gp.factorization = numerics.Factorization(
-                tf.constant(state["chol"], tf.float64),
-                float(state["jitter"]),
-                float(state["condition_number"]),
-            )
-            gp._residual = tf.constant(state["residual"], tf.float64)
-            gp._alpha = tf.constant(state["alpha"], tf.float64)
+            raise posterior_format.CorruptPosterior(f"Unknown kernel {recipe['kernel']!r} in {directory}.")
+        gp.x_train = state["x_train"]
+        gp.y_train = tf.constant(state["y_train"], tf.float64)
+        gp.noise_variance = float(state["noise_variance"])
+        gp.factorization = numerics.Factorization(
+            tf.constant(state["chol"], tf.float64), float(state["jitter"]), float(state["condition_number"])
+        )
+        gp.residual = tf.constant(state["residual"], tf.float64)
+        gp.representer_weights = tf.constant(state["alpha"], tf.float64)
         gp.num_outputs = int(gp.y_train.shape[1])
         gp.predictive_jitter = None
         return gp

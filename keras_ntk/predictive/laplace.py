@@ -1,20 +1,26 @@
-"""Linearized Laplace approximation of a trained Keras model (PAPER.md, Definitions).
+"""Linearized Laplace approximation of a trained Keras model.
 
-At the trained weights theta*, the posterior over parameters is N(theta*, P^-1) with
-precision P = c GGN + D (curvature.py: c = 1/s^2 for regression, 1 for
-classification; D = diag(delta), one prior precision per layer or one shared).
-The linearized network's predictive is f(x*) ~ N(f(x*; theta*), J* P^-1 J*^T);
-`structure="function_space"` computes the same as a GP with prior kernel
-sum_g Theta_g / delta_g. The Laplace log marginal likelihood (evidence) is
+At the trained weights theta*, the posterior over the covered parameters is
+N(theta*, P^-1) with precision P = c GGN + D (c = 1/s^2 for regression, 1 for
+classification; D = diag(delta), one prior precision per layer or one shared;
+see keras_ntk.predictive.curvature). The linearized network's predictive is
 
-    log p(y | f(X; theta*)) - 1/2 sum_p delta_p theta*_p^2 - 1/2 log det(P) / det(D),
+    f(x*) ~ N(f(x*; theta*), J* P^-1 J*^T),   J* = df(x*)/dtheta at theta*.
 
-differentiable in delta and s^2, which `optimize_hyperparameters` maximizes.
+Which weights are covered and how the GGN is approximated are two choices
+(keras_ntk.predictive.selection): subset_of_weights ("all", "last_layer" or a
+list of layers) and hessian_structure ("full", "diag", "kron", "function_space",
+the last the same posterior as "full" computed as a GP with prior kernel
+sum_g Theta_g / delta_g); `structure` names common pairs. The Laplace log
+marginal likelihood (evidence) is
+
+    log p(y | f(X; theta*)) - 1/2 sum_p delta_p theta*_p^2 - 1/2 log det(P) / det(D)
+
+over the covered parameters p, differentiable in delta and s^2, which
+`optimize_hyperparameters` maximizes.
 """
 
-import json
 import math
-import pathlib
 
 import keras
 import numpy as np
@@ -22,14 +28,16 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from keras_ntk.ntk import rules as rules_lib
-from keras_ntk.predictive import curvature as curvature_lib
-from keras_ntk.predictive import gp, numerics, storage
+from keras_ntk.predictive import gp, links, numerics, posterior_format, selection
+from keras_ntk.predictive.compiled import PredictiveFunctions
+from keras_ntk.predictive.curvature import make_curvature
 
 tfd = tfp.distributions
 
 LIKELIHOODS = ("regression", "classification")
-STRUCTURES = ("full", "diag", "last_layer", "kron", "function_space")
-LINKS = ("probit", "mc")
+STRUCTURES = tuple(selection.STRUCTURES)
+LINKS = links.LINKS
+F64 = tf.float64
 
 
 def _positive(value, what):
@@ -37,6 +45,19 @@ def _positive(value, what):
     if value.size == 0 or not np.all(np.isfinite(value)) or np.any(value <= 0):
         raise ValueError(f"{what} must be positive and finite, got {value!r}.")
     return value
+
+
+def mean_function(model, x):
+    """f(x; theta*) as (n, K) float64 (traceable)."""
+    return tf.cast(rules_lib.flat_outputs(model, x), F64)
+
+
+def softmax_hessian_sqrt(logits):
+    """L (n, K, K) with L L^T = diag(p) - p p^T, p = softmax(logits): the
+    categorical likelihood's Hessian in the logits."""
+    p = tf.nn.softmax(logits)
+    sqrt_p = tf.sqrt(p)
+    return tf.linalg.diag(sqrt_p) - p[:, :, None] * sqrt_p[:, None, :]
 
 
 class Laplace:
@@ -47,35 +68,58 @@ class Laplace:
         weights are the MAP estimate theta*.
       likelihood: "regression" (Gaussian, noise variance s^2) or "classification"
         (categorical over K softmax logits; labels as ints (n,) or one-hot (n, K)).
-      structure: "full", "diag", "last_layer", "kron" (K-FAC) or "function_space".
+      structure: a shorthand for (subset_of_weights, hessian_structure):
+        "full", "diag", "kron" (K-FAC), "function_space" (all weights),
+        "last_layer" (last layer, full), "last_layer_diag", "last_layer_kron",
+        "last_layer_function_space". Default "full"; give either structure or
+        the pair.
       prior_precision: delta: one float for all parameters, or a dict layer path ->
         float (every layer with trainable variables) for per-layer precisions.
       noise_variance: s^2 of the regression likelihood.
-      subset_size: function_space only, the number of training examples kept
+      subset_size: function space only, the number of training examples kept
         (a deterministic random subset by `seed`); None keeps all.
+      subset_of_weights: "all", "last_layer" or a list of layer paths (keys of
+        `groups`): the weights the posterior covers; the others stay at theta*.
+      hessian_structure: "full", "diag", "kron" or "function_space".
+
+    Attributes:
+      structure: the shorthand of the pair ("subset_<hessian_structure>" for a list).
+      groups: OrderedDict layer path -> trainable variables, all layers.
+      covered_groups: the layers the posterior covers.
+      jitter, condition_number: of the latest prediction's factorization.
     """
 
     def __init__(
         self,
         model,
         likelihood="regression",
-        structure="full",
+        structure=None,
         prior_precision=1.0,
         noise_variance=1.0,
         subset_size=None,
         seed=0,
+        *,
+        subset_of_weights=None,
+        hessian_structure=None,
     ):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}.")
-        if structure not in STRUCTURES:
-            raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}.")
-        if subset_size is not None and (structure != "function_space" or subset_size < 1):
-            raise ValueError("subset_size is a positive int, and only for structure='function_space'.")
-        self.model, self.likelihood, self.structure = model, likelihood, structure
+        if structure is None and subset_of_weights is None and hessian_structure is None:
+            structure = "full"
+        self.subset_of_weights, self.hessian_structure = selection.resolve(
+            structure, subset_of_weights, hessian_structure
+        )
+        if subset_size is not None and (
+            self.hessian_structure != "function_space" or isinstance(subset_size, bool) or subset_size < 1
+        ):
+            raise ValueError("subset_size is a positive int, and only for the function-space structures.")
+        self.model, self.likelihood = model, likelihood
+        self.structure = selection.structure_name(self.subset_of_weights, self.hessian_structure)
         self.subset_size, self.seed = subset_size, seed
-        self.groups = curvature_lib.parameter_groups(model)
+        self.groups = selection.parameter_groups(model)
         if not self.groups:
             raise ValueError(f"Model {model.name!r} has no trainable variables.")
+        self.covered_groups = selection.select_groups(self.groups, self.subset_of_weights)
         names = list(self.groups)
         if isinstance(prior_precision, dict):
             if set(prior_precision) != set(names):
@@ -88,10 +132,10 @@ class Laplace:
         else:
             delta = [prior_precision] * len(names)
             self.per_layer = False
-        self._log_delta = tf.Variable(np.log(_positive(delta, "prior_precision")), dtype=tf.float64)
-        self._log_noise = tf.Variable(math.log(_positive(noise_variance, "noise_variance")), dtype=tf.float64)
-        self._covered = [len(names) - 1] if structure == "last_layer" else list(range(len(names)))
-        self._fitted = False
+        self._log_delta = tf.Variable(np.log(_positive(delta, "prior_precision")), dtype=F64)
+        self._log_noise = tf.Variable(math.log(_positive(noise_variance, "noise_variance")), dtype=F64)
+        self._covered = [names.index(name) for name in self.covered_groups]
+        self.curvature = None
         self.jitter = 0.0
         self.condition_number = None
 
@@ -104,7 +148,13 @@ class Laplace:
 
     @property
     def noise_variance(self):
+        """s^2 of the regression likelihood (stored also for classification, unused there)."""
         return float(np.exp(self._log_noise.numpy()))
+
+    @property
+    def fitted(self):
+        """Whether `fit` (or `load`) has accumulated the curvature."""
+        return self.curvature is not None
 
     def _delta(self, prior_precision=None):
         """(G,) prior precisions, one per group; a shared precision is _log_delta[0]."""
@@ -113,13 +163,13 @@ class Laplace:
             return delta if self.per_layer else tf.broadcast_to(delta[0], delta.shape)
         if isinstance(prior_precision, dict):
             prior_precision = [prior_precision[name] for name in self.groups]
-        delta = tf.convert_to_tensor(prior_precision, tf.float64)
+        delta = tf.convert_to_tensor(prior_precision, F64)
         return tf.broadcast_to(delta, [len(self.groups)])
 
     def _scale(self, noise_variance=None):
         if self.likelihood == "classification":
-            return tf.constant(1.0, tf.float64)
-        s2 = tf.exp(self._log_noise) if noise_variance is None else tf.convert_to_tensor(noise_variance, tf.float64)
+            return tf.constant(1.0, F64)
+        s2 = tf.exp(self._log_noise) if noise_variance is None else tf.convert_to_tensor(noise_variance, F64)
         return 1.0 / s2
 
     # -- data -------------------------------------------------------------------
@@ -134,14 +184,18 @@ class Laplace:
         for start in range(0, x.shape[0], batch_size):
             yield x[start : start + batch_size], y[start : start + batch_size]
 
-    def _check_batch(self, x, y):
-        x = numerics.check_finite(np.asarray(x, np.float32), "x")
-        y = numerics.check_finite(np.asarray(y), "y")
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"x and y must have the same number of examples, got {x.shape[0]} and {y.shape[0]}.")
+    def _check_inputs(self, x):
+        x = numerics.check_finite(np.asarray(x, self.model.inputs[0].dtype), "x")
         expected = tuple(self.model.input_shape[1:])
         if tuple(x.shape[1:]) != expected:
             raise ValueError(f"x must have shape (examples, {', '.join(map(str, expected))}), got {x.shape}.")
+        return x
+
+    def _check_batch(self, x, y):
+        x = self._check_inputs(x)
+        y = numerics.check_finite(np.asarray(y), "y")
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x and y must have the same number of examples, got {x.shape[0]} and {y.shape[0]}.")
         return x, y
 
     def _targets(self, y, k):
@@ -159,20 +213,10 @@ class Laplace:
             raise ValueError(f"One-hot labels must have shape (n, {k}), got {y.shape}.")
         return y.astype(np.float64)
 
-    def _outputs(self, x):
-        return tf.cast(rules_lib.flat_outputs(self.model, tf.constant(x)), tf.float64)
-
-    @staticmethod
-    def _softmax_hessian_sqrt(logits):
-        """L (n, K, K) with L L^T = diag(p) - p p^T."""
-        p = tf.nn.softmax(logits)
-        sqrt_p = tf.sqrt(p)
-        return tf.linalg.diag(sqrt_p) - p[:, :, None] * sqrt_p[:, None, :]
-
     def _lambda_sqrt(self, f):
         if self.likelihood == "regression":
-            return tf.eye(f.shape[1], batch_shape=[f.shape[0]], dtype=tf.float64)
-        return self._softmax_hessian_sqrt(f)
+            return tf.eye(f.shape[1], batch_shape=[f.shape[0]], dtype=F64)
+        return softmax_hessian_sqrt(f)
 
     # -- fitting ----------------------------------------------------------------
     def fit(self, data, batch_size=128):
@@ -183,35 +227,34 @@ class Laplace:
         Returns:
           self.
         """
-        self.curvature = self._make_curvature(self.model)
-        if self.structure == "function_space" and self.subset_size is not None:
+        curvature = self._make_curvature()
+        if self.hessian_structure == "function_space" and self.subset_size is not None:
             data = self._subset(data)
-        self._sse = 0.0
-        self._log_lik_classification = 0.0
-        self._count = 0
+        sse, log_lik, count = 0.0, 0.0, 0
         for x, y in self._batches(data, batch_size):
-            f = self._outputs(x)
+            f = mean_function(self.model, tf.constant(x))
             targets = self._targets(y, f.shape[1])
             if self.likelihood == "regression":
-                self._sse += float(tf.reduce_sum((targets - f) ** 2))
+                sse += float(tf.reduce_sum((targets - f) ** 2))
+                count += targets.size
             else:
-                self._log_lik_classification += float(tf.reduce_sum(targets * tf.nn.log_softmax(f)))
-            self._count += targets.size if self.likelihood == "regression" else targets.shape[0]
-            self.curvature.accumulate(x, self._lambda_sqrt(f))
-        if self._count == 0:
+                log_lik += float(tf.reduce_sum(targets * tf.nn.log_softmax(f)))
+                count += targets.shape[0]
+            curvature.accumulate(x, self._lambda_sqrt(f))
+        if count == 0:
             raise ValueError("fit() received no examples.")
-        self.curvature.finalize()
-        self._theta_sq = tf.constant(
-            [sum(float(tf.reduce_sum(tf.square(v))) for v in vs) for vs in self.groups.values()], tf.float64
-        )
-        self._fitted = True
+        curvature.finalize()
+        theta_sq = [sum(float(tf.reduce_sum(tf.square(v))) for v in vs) for vs in self.groups.values()]
+        self._sse, self._log_lik_classification, self._count = sse, log_lik, count
+        self._theta_sq = tf.constant(theta_sq, F64)
+        self.curvature = curvature
         return self
 
-    def _make_curvature(self, model):
-        curvature = curvature_lib.make(self.structure, model, self.groups)
-        if hasattr(curvature, "shared_prior"):
-            curvature.shared_prior = not self.per_layer
-        return curvature
+    def _make_curvature(self):
+        index = {name: i for i, name in enumerate(self.groups)}
+        return make_curvature(
+            self.hessian_structure, self.model, self.covered_groups, index, shared_prior=not self.per_layer
+        )
 
     def _subset(self, data):
         if isinstance(data, tf.data.Dataset):
@@ -224,7 +267,7 @@ class Laplace:
         return x[index], y[index]
 
     def _require_fit(self):
-        if not self._fitted:
+        if not self.fitted:
             raise ValueError("Call fit(data) first.")
 
     # -- evidence ---------------------------------------------------------------
@@ -240,7 +283,7 @@ class Laplace:
         if self.likelihood == "regression":
             log_lik = -0.5 * scale * self._sse - 0.5 * self._count * tf.math.log(2 * math.pi / scale)
         else:
-            log_lik = tf.constant(self._log_lik_classification, tf.float64)
+            log_lik = tf.constant(self._log_lik_classification, F64)
         covered = tf.gather(delta, self._covered)
         scatter = tf.reduce_sum(covered * tf.gather(self._theta_sq, self._covered))
         return log_lik - 0.5 * scatter - 0.5 * self.curvature.log_det_ratio(delta, scale)
@@ -266,18 +309,37 @@ class Laplace:
         }
 
     # -- prediction -------------------------------------------------------------
+    def _factors(self):
+        factors = self.curvature.factors(self._delta(), self._scale())
+        self.jitter, self.condition_number = factors.jitter, factors.condition_number
+        return factors
+
     def functional_covariance(self, x, joint=False):
-        """Covariance of the linearized f at x (N, ...): (N, K, K), or (N K, N K) joint.
+        """Covariance of the linearized f at x (N, ...): (N, K, K), or (N K, N K) joint
+        in [n, k] order, float64.
 
         Sets `jitter` (added to the inverted matrix) and `condition_number` (of the
         posterior precision; of I + c B in function space).
         """
         self._require_fit()
-        x = self._check_batch(x, np.zeros(len(x)))[0]
-        cov, self.jitter, self.condition_number = self.curvature.covariance(
-            x, self._delta(), self._scale(), joint
+        x = self._check_inputs(x)
+        return self.curvature.evaluate(x, self._factors(), joint)
+
+    def predictive_functions(self):
+        """The current posterior's prediction as pure TensorFlow functions (see
+        `PredictiveFunctions`), the same covariance `functional_covariance` runs;
+        `compile_predictive` traces them with a fixed input signature."""
+        self._require_fit()
+        factors = self._factors()
+        curvature, tensors, model = self.curvature, factors.tensors, self.model
+        return PredictiveFunctions(
+            model=model,
+            likelihood=self.likelihood,
+            noise_variance=self.noise_variance if self.likelihood == "regression" else 0.0,
+            jitter=factors.jitter,
+            marginal=lambda x: (mean_function(model, x), curvature.covariance(x, tensors, joint=False)),
+            joint=lambda x: (mean_function(model, x), curvature.covariance(x, tensors, joint=True)),
         )
-        return cov
 
     def predict(self, x, joint=False, link="probit", samples=1000, observation_noise=False, seed=None):
         """Predictive at x (N, ...).
@@ -287,115 +349,106 @@ class Laplace:
         mean / variance (N, K); joint=True a MultivariateNormalTriL over the
         flattened (N K) outputs in [n, k] order.
         Classification: tfd.Categorical with probs (N, K) from the Gaussian over
-        logits through the mean-field probit approximation (`_mean_field_probit`)
-        or Monte Carlo averaging of softmax over `samples` logit draws.
+        logits through the mean-field probit approximation (links.mean_field_probit)
+        or Monte Carlo averaging of softmax over `samples` logit draws
+        (links.monte_carlo, reproducible for an int `seed`).
         """
         if link not in LINKS:
             raise ValueError(f"link must be one of {LINKS}, got {link!r}.")
-        mean = self._outputs(self._check_batch(x, np.zeros(len(x)))[0])
+        self._require_fit()
+        x = self._check_inputs(x)
+        mean = mean_function(self.model, tf.constant(x))
         cov = self.functional_covariance(x, joint=joint and self.likelihood == "regression")
         if self.likelihood == "regression":
             noise = self.noise_variance if observation_noise else 0.0
             if joint:
-                cov = cov + noise * tf.eye(cov.shape[0], dtype=tf.float64)
+                cov = cov + noise * tf.eye(cov.shape[0], dtype=F64)
                 distribution, factor = gp.joint_distribution(mean, cov, "predictive covariance")
                 self.jitter = max(self.jitter, factor.jitter)
                 return distribution
             return gp.marginal_distribution(mean, tf.linalg.diag_part(cov) + noise)
         if link == "probit":
-            return tfd.Categorical(probs=_mean_field_probit(mean, cov))
-        k = mean.shape[1]
-        chol = tf.linalg.cholesky(cov + 1e-10 * tf.eye(k, dtype=tf.float64))
-        logits = tfd.MultivariateNormalTriL(mean, chol).sample(samples, seed=seed)
-        return tfd.Categorical(probs=tf.reduce_mean(tf.nn.softmax(logits), axis=0))
+            return tfd.Categorical(probs=links.mean_field_probit(mean, cov))
+        seed = np.random.default_rng().integers(2**31) if seed is None else seed
+        probs = links.monte_carlo(mean, cov, samples, tf.constant([seed, 0], tf.int64))
+        return tfd.Categorical(probs=probs)
 
     # -- persistence ------------------------------------------------------------
-    def save(self, directory):
-        """Write model.keras, posterior.npz and metadata.json into `directory`,
-        atomically (a temporary directory renamed into place)."""
+    def save(self, directory, metadata=None):
+        """Write the posterior as a posterior directory (model.keras, posterior.npz,
+        metadata.json; see keras_ntk.predictive.posterior_format), atomically.
+
+        Args:
+          metadata: extra JSON-ready entries for metadata.json.
+        Returns:
+          the pathlib.Path of the directory.
+        """
         self._require_fit()
-        with storage.staged_directory(directory) as staging:
-            self.model.save(staging / "model.keras")
-            state = {f"curvature/{k}": v for k, v in self.curvature.state().items()}
-            np.savez(
-                staging / "posterior.npz",
-                log_delta=self._log_delta.numpy(),
-                log_noise=self._log_noise.numpy(),
-                theta_sq=self._theta_sq.numpy(),
-                sse=self._sse,
-                log_lik_classification=self._log_lik_classification,
-                count=self._count,
-                **state,
-            )
-            (staging / "metadata.json").write_text(json.dumps(self._metadata(), indent=2))
-        return pathlib.Path(directory)
-
-    def _metadata(self):
-        from keras_ntk import __version__
-
-        return {
-            "format": "keras-ntk posterior",
-            "keras_ntk": __version__,
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "posterior": "laplace",
-            "likelihood": self.likelihood,
-            "structure": self.structure,
+        state = {
+            "log_delta": self._log_delta.numpy(),
+            "log_noise": self._log_noise.numpy(),
+            "theta_sq": self._theta_sq.numpy(),
+            "sse": self._sse,
+            "log_lik_classification": self._log_lik_classification,
+            "count": self._count,
+            **{f"curvature/{k}": v for k, v in self.curvature.state().items()},
+        }
+        entries = {
+            "subset_of_weights": self.subset_of_weights,
+            "hessian_structure": self.hessian_structure,
             "prior_precision": self.prior_precision,
             "noise_variance": self.noise_variance,
             "per_layer": self.per_layer,
             "subset_size": self.subset_size,
             "seed": self.seed,
             "groups": list(self.groups),
-            "input_shape": list(self.model.input_shape[1:]),
-            "output_shape": list(self.model.output_shape[1:]),
-            "parameters": int(sum(math.prod(v.shape) for v in self.model.trainable_variables)),
         }
+        return posterior_format.save(
+            directory,
+            posterior="laplace",
+            likelihood=self.likelihood,
+            structure=self.structure,
+            state=state,
+            model=self.model,
+            entries=entries,
+            extra=metadata,
+        )
 
     @classmethod
     def load(cls, directory, model=None):
         """Restore a Laplace saved by `save`; `model` defaults to the saved model.keras
-        (loaded with safe_mode=True)."""
-        directory = pathlib.Path(directory)
-        meta = json.loads((directory / "metadata.json").read_text())
-        if model is None:
-            model = keras.models.load_model(directory / "model.keras", safe_mode=True)
+        (loaded with safe_mode=True). Raises posterior_format.CorruptPosterior (a
+        ValueError) for a directory that is not a Laplace posterior."""
+        saved = posterior_format.load(directory, "laplace", model)
+        meta = saved.metadata
+        if "hessian_structure" in meta:
+            choice = dict(subset_of_weights=meta["subset_of_weights"], hessian_structure=meta["hessian_structure"])
+        else:  # written before the pair was stored
+            choice = dict(structure=meta["structure"])
         laplace = cls(
-            model,
+            saved.model,
             likelihood=meta["likelihood"],
-            structure=meta["structure"],
             prior_precision=meta["prior_precision"],
             noise_variance=meta["noise_variance"],
             subset_size=meta["subset_size"],
             seed=meta["seed"],
+            **choice,
         )
-        with np.load(directory / "posterior.npz") as state:
-            laplace._log_delta.assign(state["log_delta"])
-            laplace._log_noise.assign(state["log_noise"])
-            laplace._theta_sq = tf.constant(state["theta_sq"], tf.float64)
-            laplace._sse = float(state["sse"])
-            laplace._log_lik_classification = float(state["log_lik_classification"])
-            laplace._count = int(state["count"])
-            laplace.curvature = laplace._make_curvature(model)
-            prefix = "curvature/"
-            laplace.curvature.restore({k[len(prefix) :]: state[k] for k in state.files if k.startswith(prefix)})
-        laplace.curvature.finalize()
-        laplace._fitted = True
+        laplace._restore(saved.state)
         return laplace
 
-
-def _mean_field_probit(mean, cov):
-    """E[softmax(f)] for f ~ N(mean, cov), per example: mean (n, K), cov (n, K, K).
-
-    Mean-field probit approximation (Lu, Ie & Sha 2020), using the variance of the
-    logit differences: p_k ~ 1 / (1 + sum_{j != k} exp(-(mu_k - mu_j) /
-    sqrt(1 + pi/8 Var(f_k - f_j)))), normalized to sum to one.
-    """
-    variance = tf.linalg.diag_part(cov)
-    difference_variance = variance[:, :, None] + variance[:, None, :] - 2 * cov
-    scaled = (mean[:, :, None] - mean[:, None, :]) / tf.sqrt(1 + math.pi / 8 * difference_variance)
-    probs = 1.0 / tf.reduce_sum(tf.exp(-scaled), axis=2)  # the j = k term is exp(0) = 1
-    return probs / tf.reduce_sum(probs, axis=1, keepdims=True)
+    def _restore(self, state):
+        self._log_delta.assign(state["log_delta"])
+        self._log_noise.assign(state["log_noise"])
+        self._theta_sq = tf.constant(state["theta_sq"], F64)
+        self._sse = float(state["sse"])
+        self._log_lik_classification = float(state["log_lik_classification"])
+        self._count = int(state["count"])
+        curvature = self._make_curvature()
+        prefix = "curvature/"
+        curvature.restore({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        curvature.finalize()
+        self.curvature = curvature
 
 
 class EvidenceCallback(keras.callbacks.Callback):
