@@ -29,7 +29,7 @@ class InfiniteWidthKernel(tfp.math.psd_kernels.AutoCompositeTensorPsdKernel):
       depth, activation, w_std, b_std: as `keras_ntk.infinite_width_kernel`.
       kind: "ntk" or "nngp".
       model: a built Keras model (instead of depth, ...).
-      **kernel_fn_kwargs: memory_budget, progress, quadrature_degree for
+      **kernel_fn_kwargs: memory_budget, progress, hermite_terms for
         `infinite_width_kernel_fn` (with `model` only).
     """
 

@@ -96,12 +96,12 @@ class Program:
         self._count_entries()
 
     @classmethod
-    def from_model(cls, model, quadrature_degree):
+    def from_model(cls, model, hermite_terms):
         """The program of a built Keras model (graph.py walks it, registry.py maps each layer)."""
         calls, output = graph.layer_calls(model)
 
         def maps_for(layer):
-            return lambda layouts: registry.kernel_maps(layer, _rank(layouts[0]), quadrature_degree)
+            return lambda layouts: registry.kernel_maps(layer, _rank(layouts[0]), hermite_terms)
 
         return cls(
             model.input_shape[1:], [(c.inputs, c.output, maps_for(c.layer)) for c in calls], output

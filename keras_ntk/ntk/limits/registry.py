@@ -53,7 +53,7 @@ def _check_elementwise(fn, name):
         )
 
 
-def activation_map(fn, name, degree):
+def activation_map(fn, name, hermite_terms):
     """The `maps.Activation` of the elementwise function `fn` (closed form when known)."""
     if any(fn is f for f in _IDENTITY):
         return maps.Activation(name, dual.identity, identity=True)
@@ -62,7 +62,7 @@ def activation_map(fn, name, degree):
     if any(fn is f for f in _ERF):
         return maps.Activation(name, dual.erf)
     _check_elementwise(fn, name)
-    return maps.Activation(name, dual.GaussHermite(fn, degree), temporaries=8 + 4 * degree)
+    return maps.Activation(name, dual.HermiteExpansion(fn, hermite_terms), temporaries=10)
 
 
 def _trainable(layer, variable):
@@ -99,13 +99,13 @@ def _keras_affine(layer):
     return n * w.second, b.second, t_w, t_b, w.gaussian, b.gaussian
 
 
-def _affine_maps(layer, conv, degree):
+def _affine_maps(layer, conv, hermite_terms):
     if isinstance(layer, (ntk_layers.Dense, ntk_layers.Conv2D)):
         s_w, s_b, t_w, t_b, gw, gb = _parametrized(layer)
     else:
         s_w, s_b, t_w, t_b, gw, gb = _keras_affine(layer)
     affine = maps.Affine(layer.name, s_w, s_b, t_w, t_b, conv, gw, gb)
-    return [affine, activation_map(layer.activation, layer.name, degree)]
+    return [affine, activation_map(layer.activation, layer.name, hermite_terms)]
 
 
 def _conv_config(layer):
@@ -136,36 +136,37 @@ def _check_channels_last(layer):
         raise unsupported(layer, f"data_format={layer.data_format!r}; expected 'channels_last'")
 
 
-def kernel_maps(layer, input_rank, degree):
+def kernel_maps(layer, input_rank, hermite_terms):
     """The kernel maps `layer` applies, in order (e.g. [affine, fused activation]).
 
     `input_rank` is the rank of the layer's input (batch axis included) and
-    `degree` the Gauss-Hermite degree for activations without a closed form.
+    `hermite_terms` the length of the Hermite expansion of activations without a
+    closed form (dual.HermiteExpansion).
 
     Raises:
       ValueError: the layer has no infinite-width kernel map (named, with the supported set).
     """
     if isinstance(layer, ntk_layers.Dense):
-        return _affine_maps(layer, None, degree)
+        return _affine_maps(layer, None, hermite_terms)
     if isinstance(layer, ntk_layers.Conv2D):
-        return _affine_maps(layer, _conv_config(layer), degree)
+        return _affine_maps(layer, _conv_config(layer), hermite_terms)
     if type(layer) is keras.layers.Dense:
         if layer.lora_enabled or layer.quantization_mode:
             raise unsupported(layer, "LoRA or quantized dense layers")
-        return _affine_maps(layer, None, degree)
+        return _affine_maps(layer, None, hermite_terms)
     if type(layer) is keras.layers.Conv2D:
         _check_channels_last(layer)
         if layer.groups != 1:
             raise unsupported(layer, f"groups={layer.groups}")
-        return _affine_maps(layer, _conv_config(layer), degree)
+        return _affine_maps(layer, _conv_config(layer), hermite_terms)
     if type(layer) is keras.layers.Activation:
-        return [activation_map(layer.activation, layer.name, degree)]
+        return [activation_map(layer.activation, layer.name, hermite_terms)]
     if type(layer) in (keras.layers.ReLU, keras.layers.LeakyReLU):
         if type(layer) is keras.layers.ReLU and (
             layer.max_value is None and layer.negative_slope == 0 and layer.threshold == 0
         ):
             return [maps.Activation(layer.name, dual.relu)]
-        return [activation_map(layer.call, layer.name, degree)]
+        return [activation_map(layer.call, layer.name, hermite_terms)]
     if type(layer) is keras.layers.Add:
         return [maps.Add(layer.name)]
     if type(layer) is keras.layers.AveragePooling2D:
