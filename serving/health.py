@@ -132,8 +132,9 @@ class HealthService:
                     if status != sent:
                         update = Status(status=status).SerializeToString()
                         try:
-                            await asyncio.wait_for(context.write(update), self.client_timeout)
-                        except asyncio.TimeoutError:
+                            async with asyncio.timeout(self.client_timeout):
+                                await context.write(update)
+                        except TimeoutError:
                             return
                         sent = status
                     await changed.wait()

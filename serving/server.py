@@ -90,8 +90,8 @@ class Server:
       host, port: where to listen; port 0 picks a free port (see `port`).
       max_workers: threads running small requests.
       large_workers: threads running large requests (validation.Limits.large_cost).
-      max_concurrent_rpcs: KernelService calls admitted at once, and apart from them
-        calls waiting for their request message.
+      max_concurrent_rpcs: KernelService calls admitted at once (and, apart from them,
+        four times as many waiting for their request message).
       poll_interval: seconds between scans of base_dir (>= 0.01).
       tokens: accepted bearer tokens; None or empty: no authentication.
       tls_cert, tls_key: PEM bytes of the server certificate chain and key; both or neither.

@@ -7,7 +7,7 @@ client. A call
      seconds (a caller that sends headers and never a body is ended with
      DEADLINE_EXCEEDED; it held nothing but the coroutine meanwhile);
   2. is admitted or shed at once: at most `limit` calls run, and apart from
-     them at most `limit` wait for their request message (RESOURCE_EXHAUSTED
+     them at most 4 `limit` wait for their request message (RESOURCE_EXHAUSTED
      beyond; health is not counted, see health.py);
   3. decodes the bytes itself: an undecodable body is INVALID_ARGUMENT, without
      a traceback in the log;
@@ -76,8 +76,9 @@ async def read_request(context, timeout, max_bytes):
     the client sends none within `timeout` seconds, INVALID_ARGUMENT when it ends
     without one or sends more than `max_bytes`."""
     try:
-        body = await asyncio.wait_for(context.read(), timeout)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout):  # not wait_for: in Python 3.11 it can swallow a cancel
+            body = await context.read()
+    except TimeoutError:
         await context.abort(
             grpc.StatusCode.DEADLINE_EXCEEDED,
             f"No request message arrived within the server's client timeout of {timeout:g} s.",
@@ -107,10 +108,13 @@ class Admission:
     """Counts of the calls in flight, touched on the event loop only.
 
     Attributes:
-      limit: calls running at once, and calls waiting for their request message.
+      limit: calls running at once; READING_FACTOR times as many may wait for
+        their request message besides (a waiting call holds no worker).
       running, reading: the current counts.
       shed: calls answered RESOURCE_EXHAUSTED because a count was at its limit.
     """
+
+    READING_FACTOR = 4
 
     def __init__(self, limit):
         if limit < 1:
@@ -118,14 +122,19 @@ class Admission:
         self.limit = limit
         self.running = self.reading = self.shed = 0
 
-    def refuse(self, count, what):
-        if count < self.limit:
+    def refuse_reading(self):
+        """A refusal message when no more calls may wait for their request, else None."""
+        return self._refuse(self.reading, self.limit * self.READING_FACTOR, "waiting for their request message")
+
+    def refuse_running(self):
+        """A refusal message when no more calls may run, else None."""
+        return self._refuse(self.running, self.limit, "running")
+
+    def _refuse(self, count, limit, what):
+        if count < limit:
             return None
         self.shed += 1
-        return (
-            f"The server has {self.limit} calls {what}, its limit; retry with backoff "
-            "(or raise --max-concurrent-rpcs)."
-        )
+        return f"The server has {limit} calls {what}, its limit; retry with backoff (or raise --max-concurrent-rpcs)."
 
 
 def _release_unrun_work(future):
@@ -167,7 +176,7 @@ class KernelTransport:
     async def _call(self, context, max_bytes, run):
         """Read, admit and run one call: run(body, CallContext) -> response bytes or None."""
         admission = self.admission
-        refusal = admission.refuse(admission.reading, "waiting for their request message")
+        refusal = admission.refuse_reading()
         if refusal:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
         admission.reading += 1
@@ -175,7 +184,7 @@ class KernelTransport:
             body = await read_request(context, self.client_timeout, max_bytes)
         finally:
             admission.reading -= 1
-        refusal = admission.refuse(admission.running, "running")
+        refusal = admission.refuse_running()
         if refusal:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
         admission.running += 1
@@ -287,8 +296,9 @@ class KernelTransport:
 
     async def _write(self, context, message, call):
         try:
-            await asyncio.wait_for(context.write(message), self.client_timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.client_timeout):
+                await context.write(message)
+        except TimeoutError:
             call.cancel()
             raise Aborted(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
