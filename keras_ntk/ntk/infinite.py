@@ -89,7 +89,7 @@ def kernel_from_dot_products(
     fan_ins = fan_ins or [0] * (depth + 1)
     layers = [m for h in range(depth) for m in _hidden(f"dense_{h}", activation, parametrization, w_std, b_std, fan_ins[h])]
     layers.append(_affine("readout", parametrization, w_std, b_std, fan_ins[depth]))
-    flat = Layout(spatial=(), source="input", fresh=None, ancestors=frozenset(), mode="flat")
+    flat = Layout(spatial=(), source="input", fresh=None, ancestors=frozenset(), rank=2, mode="flat")
     kernels = Kernels(k11, k22, k12, tf.zeros_like(k12) if kind == "ntk" else None)
     for kernel_map in layers:
         kernels = kernel_map([kernels], [flat], flat)

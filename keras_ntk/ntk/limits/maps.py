@@ -52,7 +52,7 @@ class Affine:
     def layout(self, inputs):
         (a,) = inputs
         if self.conv is not None:
-            if len(a.spatial) != 2 or a.flattened:
+            if a.rank != 4:
                 raise _error(self.name, "a convolution needs inputs (batch, height, width, channels).")
             kernel_size, strides, dilation, padding = self.conv
             shape = tuple(
@@ -69,6 +69,7 @@ class Affine:
             source="gaussian" if gaussian else "centered",
             fresh=frozenset([self.name]),
             ancestors=a.ancestors | {self.name},
+            rank=2 if a.flattened else a.rank,
         )
 
     def input_needs_pairs(self, output_needs_pairs, inputs):
@@ -232,7 +233,7 @@ class Add:
     def layout(self, inputs):
         first = inputs[0]
         for other in inputs[1:]:
-            if (other.spatial, other.flattened) != (first.spatial, first.flattened):
+            if (other.spatial, other.flattened, other.rank) != (first.spatial, first.flattened, first.rank):
                 raise _error(self.name, "its summands have different spatial shapes.")
         if any(a.source == "input" for a in inputs):
             raise _error(self.name, "adding the model input itself has no infinite-width kernel map.")
@@ -253,7 +254,7 @@ class Add:
         if all(a.fresh is not None for a in inputs):
             fresh = frozenset().union(*(a.fresh for a in inputs))
         ancestors = frozenset().union(*(a.ancestors for a in inputs))
-        return Layout(first.spatial, source, fresh, ancestors, first.flattened)
+        return Layout(first.spatial, source, fresh, ancestors, first.rank, first.flattened)
 
     def input_needs_pairs(self, output_needs_pairs, inputs):
         return output_needs_pairs
@@ -268,7 +269,8 @@ class Add:
 
 @dataclasses.dataclass(frozen=True)
 class AveragePool:
-    """Average pooling, each side over its own window (spatial.average_pool); needs all position pairs."""
+    """Average pooling, each side over its own window (spatial.average_pool); reads all
+    position pairs and keeps only p = q when its consumers need no more."""
 
     name: str
     pool_size: tuple
@@ -278,7 +280,7 @@ class AveragePool:
 
     def layout(self, inputs):
         (a,) = inputs
-        if len(a.spatial) != 2 or a.flattened:
+        if a.rank != 4:
             raise _error(self.name, "pooling needs inputs (batch, height, width, channels).")
         shape = tuple(
             spatial.output_length(n, k, s, 1, self.padding)
@@ -295,7 +297,8 @@ class AveragePool:
         (k,) = kernels
 
         def pool(kernel):
-            return spatial.average_pool(kernel, self.pool_size, self.strides, self.padding)
+            pooled = spatial.average_pool(kernel, self.pool_size, self.strides, self.padding)
+            return spatial.diagonal(pooled) if output.mode == "diag" else pooled
 
         cov1, cov2 = k.covariances(pool)
         return Kernels(cov1, cov2, pool(k.nngp), None if k.ntk is None else pool(k.ntk))
@@ -310,9 +313,9 @@ class GlobalAveragePool:
 
     def layout(self, inputs):
         (a,) = inputs
-        if len(a.spatial) != 2 or a.flattened:
+        if a.rank != 4:
             raise _error(self.name, "global pooling needs inputs (batch, height, width, channels).")
-        return dataclasses.replace(a, spatial=())
+        return dataclasses.replace(a, spatial=(), rank=2)
 
     def input_needs_pairs(self, output_needs_pairs, inputs):
         return True
@@ -336,7 +339,7 @@ class Flatten:
 
     def layout(self, inputs):
         (a,) = inputs
-        return dataclasses.replace(a, flattened=bool(a.spatial))
+        return dataclasses.replace(a, flattened=bool(a.spatial), rank=2)
 
     def input_needs_pairs(self, output_needs_pairs, inputs):
         return False

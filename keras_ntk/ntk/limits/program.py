@@ -29,17 +29,19 @@ class Step:
 
 
 def _input_layout(input_shape):
+    """Images (H, W, C) keep their positions; vectors (d,) have none; any other
+    shape (..., C) has its positions in one axis, (positions, 1)."""
     shape = tuple(input_shape)
-    if len(shape) not in (1, 3) or not all(isinstance(d, int) and d > 0 for d in shape):
+    if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
         raise ValueError(
-            "The infinite-width kernel needs a model input of shape (batch, features) or "
-            f"(batch, height, width, channels) with known sizes, got (batch, *{shape})."
+            "The infinite-width kernel needs a model input of known shape, (batch, features) "
+            f"or (batch, height, width, channels), got (batch, *{shape})."
         )
-    return Layout(spatial=shape[:2] if len(shape) == 3 else (), source="input", fresh=None, ancestors=frozenset())
-
-
-def _rank(layout):
-    return 4 if layout.spatial and not layout.flattened else 2
+    if len(shape) == 3:
+        positions = shape[:2]
+    else:
+        positions = () if len(shape) == 1 else (math.prod(shape[:-1]), 1)
+    return Layout(spatial=positions, source="input", fresh=None, ancestors=frozenset(), rank=len(shape) + 1)
 
 
 class Program:
@@ -101,7 +103,7 @@ class Program:
         calls, output = graph.layer_calls(model)
 
         def maps_for(layer):
-            return lambda layouts: registry.kernel_maps(layer, _rank(layouts[0]), hermite_terms)
+            return lambda layouts: registry.kernel_maps(layer, layouts[0].rank, hermite_terms)
 
         return cls(
             model.input_shape[1:], [(c.inputs, c.output, maps_for(c.layer)) for c in calls], output
@@ -153,6 +155,9 @@ class Program:
     def _input_kernels(self, a, b, ntk):
         layout = self.layouts[0]
         channels = self.input_shape[-1]
+        if layout.spatial:  # (n, H, W, C), or (n, positions, 1, C)
+            a = tf.reshape(a, (-1, *layout.spatial, channels))
+            b = None if b is None else tf.reshape(b, (-1, *layout.spatial, channels))
         if layout.mode == "flat":
             cross, self_ = "nd,md->nm", "nd,nd->n"
         elif layout.mode == "diag":

@@ -29,13 +29,15 @@ class Layout:
     """Static facts about one tensor, known before any kernel is computed.
 
     Attributes:
-      spatial: (H, W) of its positions, () for vectors.
+      spatial: (H, W) of its positions, () for vectors ((positions, 1) for an
+        input with one or more than two position axes).
       flattened: positions folded into the feature axis by a Flatten layer.
       source: one of SOURCES.
       fresh: the affine layers this tensor is a linear function of, fresh
         zero-mean weights nothing else in its past uses; None when it is not
         such a function (the data, an activation).
       ancestors: every affine layer it depends on.
+      rank: the rank of the tensor, batch axis included.
       mode: "flat", "diag" or "pairs", assigned once the consumers are known.
     """
 
@@ -43,6 +45,7 @@ class Layout:
     source: str
     fresh: typing.Optional[frozenset]
     ancestors: frozenset
+    rank: int
     flattened: bool = False
     mode: typing.Optional[str] = None
 
