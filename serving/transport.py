@@ -189,6 +189,7 @@ class KernelTransport:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
         admission.running += 1
         call = CallContext(context.time_remaining())
+        context.add_done_callback(lambda _: call.cancel())  # however the call ends, its work stops
         try:
             return await run(body, call)
         except Aborted as abort:
