@@ -7,8 +7,9 @@ and the limit.
 
 The estimates use what every served model tells: N (and M) examples, K outputs,
 P trainable parameters. Values are float64 (8 bytes) unless a kernel dtype says
-otherwise. Working memory counts the answer itself, its message and serialized
-copy, and the per-example intermediates of one pass (Jacobian-sized, N K P);
+otherwise. Working memory counts the answer itself, its message, the serialized copy and
+gRPC's send buffer, and the per-example intermediates of one pass
+(Jacobian-sized, N K P);
 cost counts multiply-adds and only decides the time class (small or large
 request, see `Estimate.large`).
 """
@@ -100,7 +101,7 @@ def predict_estimate(n, k, parameters, *, joint, classification, samples, limits
         answer = outputs * outputs * F64 + vectors + MESSAGE_OVERHEAD
         per_pass = min(outputs, limits.joint_pass_outputs)
         passing = 2 * per_pass * per_pass * F64 + 2 * per_pass * parameters * F64
-        working = answer * 3 + passing  # the matrix, the message, its serialized copy
+        working = answer * 4 + passing  # the matrix, the message, its serialized copy, gRPC's send buffer
         chunked = outputs > limits.joint_pass_outputs
         cost = outputs * outputs * parameters * (2 if chunked else 1) + outputs * parameters
         what = f"a joint covariance over N K = {n} x {k} = {outputs} outputs"
@@ -109,7 +110,7 @@ def predict_estimate(n, k, parameters, *, joint, classification, samples, limits
         chunk = min(n, limits.predict_chunk)
         passing = 2 * chunk * k * parameters * F64 + chunk * k * k * F64
         sampling = 3 * samples * n * k * F64
-        working = answer * 2 + n * k * k * F64 + passing + sampling
+        working = answer * 3 + n * k * k * F64 + passing + sampling
         cost = n * k * (k + 1) * parameters + samples * n * k * k
         what = f"a prediction for {n} examples"
     return Estimate(what, answer, working, cost, cost > limits.large_cost)
