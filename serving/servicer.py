@@ -339,6 +339,10 @@ class KernelServicer(serving_pb2_grpc.KernelServiceServicer):
         )
 
         def run():
+            check_call(context, deadline, "the wait for a worker")
+            # The kernel engine's first call compares the model's outputs at the first two
+            # inputs; when they overflow, say so instead of letting it guess at the model.
+            validation.finite_outputs((servable.marginal(x1[:2])[0],), "model output")
             tile_count = None
             for r0, r1 in row_blocks:
                 check_call(context, deadline, "the kernel")
@@ -376,14 +380,7 @@ class KernelServicer(serving_pb2_grpc.KernelServiceServicer):
     @staticmethod
     def _kernel_block(servable, x1, x2, r0, r1, output, per_layer, dtype):
         """{layer ("" for the total): kernel rows r0:r1}, checked to be finite."""
-        try:
-            block = servable.kernel(x1[r0:r1], None if output == "diagonal" else x2, output, per_layer, dtype)
-        except ValueError:
-            # The engine's first call compares outputs of two examples; when the inputs
-            # overflow the model, say so instead of the engine's guess about the model.
-            mean, _ = servable.marginal(x1[r0 : r0 + 2])
-            validation.finite_outputs((mean,), "model output")
-            raise
+        block = servable.kernel(x1[r0:r1], None if output == "diagonal" else x2, output, per_layer, dtype)
         parts = block if per_layer else {"": block}
         validation.finite_outputs(parts.values(), "kernel")
         return parts
