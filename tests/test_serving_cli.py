@@ -129,3 +129,87 @@ def test_missing_arguments_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(argv)
     assert info.value.code == 2 and "required" in capsys.readouterr().err
+
+
+# -- careless flags of `serve`: one line on stderr, exit code 2 -----------------------------
+@pytest.mark.parametrize(
+    "flags, problem",
+    [
+        (["--port", "70000"], "--port: must be from 0 to 65535"),
+        (["--port", "-1"], "--port: must be >= 0"),
+        (["--max-concurrent-rpcs", "0"], "--max-concurrent-rpcs: must be >= 1"),
+        (["--max-concurrent-rpcs", "-4"], "--max-concurrent-rpcs: must be >= 1"),
+        (["--poll-interval", "0"], "--poll-interval: must be >= 0.01 seconds"),
+        (["--poll-interval", "-1"], "--poll-interval: must be >= 0.01 seconds"),
+        (["--client-timeout", "0"], "--client-timeout: must be >= 0.001 seconds"),
+        (["--grace", "-1"], "--grace: must be >= 0"),
+        (["--batch-wait-ms", "-5"], "--batch-wait-ms: must be >= 0"),
+        (["--max-batch-examples", "0"], "--max-batch-examples: must be >= 1"),
+        (["--max-workers", "0"], "--max-workers: must be >= 1"),
+        (["--large-workers", "-1"], "--large-workers: must be >= 1"),
+        (["--tf-threads", "-2"], "--tf-threads: must be >= 0"),
+        (["--max-workers", "many"], "--max-workers: expected an integer"),
+        (["--log-level", "LOUD"], "--log-level: expected DEBUG"),
+        (["--tls-cert", "cert.pem"], "--tls-cert and --tls-key go together"),
+        (["--host", "0.0.0.0"], "without TLS and bearer tokens"),
+    ],
+)
+def test_careless_serve_flags_exit_2_with_one_line(flags, problem, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["serve", "--model-dir", str(tmp_path), *flags])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and problem in err, err
+
+
+@pytest.fixture(scope="module")
+def credentials(tmp_path_factory):
+    """Two self-signed certificates and keys for 127.0.0.1, made by the openssl command."""
+    directory = tmp_path_factory.mktemp("tls")
+    for name in ("a", "b"):
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-days", "1", "-subj", "/CN=keras-ntk-test", "-addext", "subjectAltName=IP:127.0.0.1",
+             "-keyout", str(directory / f"{name}.key"), "-out", str(directory / f"{name}.pem")],
+            check=True,
+            capture_output=True,
+        )
+    (directory / "garbage.pem").write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
+    return directory
+
+
+def test_bad_token_files_and_tls_files_exit_2_with_one_line(tmp_path, credentials, capsys):
+    empty = tmp_path / "empty-tokens"
+    empty.write_text("# no token here\n\n")
+    empty.chmod(0o600)
+    cases = [
+        (["--token-file", str(tmp_path / "missing")], "--token-file: cannot read"),
+        (["--token-file", str(empty)], "holds no token"),
+        (["--tls-cert", str(credentials / "garbage.pem"), "--tls-key", str(credentials / "a.key")], "do not load together"),
+        (["--tls-cert", str(credentials / "a.pem"), "--tls-key", str(credentials / "b.key")], "do not load together"),
+        (["--tls-cert", str(credentials / "a.pem"), "--tls-key", str(tmp_path / "missing.key")], "--tls-key: cannot read"),
+    ]
+    for flags, problem in cases:
+        with pytest.raises(SystemExit) as info:
+            cli.main(["serve", "--model-dir", str(tmp_path), "--port", "0", *flags])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.count("\n") == 1 and problem in err, (flags, err)
+
+
+def test_a_token_file_others_can_read_is_warned_about(tmp_path, capsys):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("a-token\n")
+    tokens.chmod(0o644)
+    with pytest.raises(SystemExit) as info:  # refused afterwards for the address, so no server starts
+        cli.main(["serve", "--model-dir", str(tmp_path), "--token-file", str(tokens), "--host", "0.0.0.0"])
+    warning, error = capsys.readouterr().err.splitlines()
+    assert info.value.code == 2 and "readable by other users" in warning and "chmod 600" in warning
+    assert "without TLS" in error and "--insecure" in error
+
+
+def test_the_serve_command_itself_exits_2_on_a_bad_port(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_ntk.cli", "serve", "--model-dir", str(tmp_path), "--port", "70000"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--port" in result.stderr
