@@ -1,7 +1,7 @@
 """Load generator for the gRPC service: Predict with variance over loopback.
 
-    .venv/bin/python benchmarks/serving_bench.py            # about 3 minutes
-    .venv/bin/python benchmarks/serving_bench.py --quick    # about 1 minute
+    .venv/bin/python benchmarks/serving_bench.py            # about 6 minutes
+    .venv/bin/python benchmarks/serving_bench.py --quick    # about 2 minutes on an idle machine
 
 Trains an MLP (default width 512, 2 hidden layers, 16 inputs, 1 output) on
 synthetic regression data, fits a linearized Laplace (default structure "kron":
@@ -97,9 +97,9 @@ def start_echo(workers):
     return process, match.group(1)
 
 
-def start_server(base, batching, workers, tf_threads):
+def start_server(base, batching, workers, tf_threads, extra=()):
     command = [sys.executable, "-m", "keras_ntk.cli", "serve", "--model-dir", str(base), "--port", "0",
-               "--max-workers", str(workers), "--tf-threads", str(tf_threads), "--log-level", "WARNING"]
+               "--max-workers", str(workers), "--tf-threads", str(tf_threads), "--log-level", "WARNING", *extra]
     if not batching:
         command.append("--no-batching")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -119,6 +119,58 @@ def start_server(base, batching, workers, tf_threads):
             time.sleep(0.05)
     process.kill()
     raise SystemExit("the model did not become available")
+
+
+def memory_mb(pid):
+    """(resident, peak resident) MB of a process, from /proc/PID/status."""
+    with open(f"/proc/{pid}/status") as status:
+        fields = dict(line.split(":", 1) for line in status)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def overload(target, clients, duration, x):
+    """`clients` threads calling Predict on x for `duration` seconds while one more
+    thread checks health every 20 ms. Returns ({status: count}, health latencies,
+    health failures)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    counts, lock, stop = {}, threading.Lock(), threading.Event()
+    health_latencies, health_failures = [], []
+
+    def call(client):
+        while not stop.is_set():
+            try:
+                client.predict("bench", x, timeout=30)
+                outcome = "OK"
+            except grpc.RpcError as error:
+                outcome = error.code().name
+            with lock:
+                counts[outcome] = counts.get(outcome, 0) + 1
+
+    def check():
+        with grpc.insecure_channel(target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+                    health_latencies.append(time.perf_counter() - t0)
+                except grpc.RpcError as error:
+                    health_failures.append(error.code().name)
+                time.sleep(0.02)
+
+    channels = [Client(target) for _ in range(clients)]
+    threads = [threading.Thread(target=call, args=(c,)) for c in channels] + [threading.Thread(target=check)]
+    for t in threads:
+        t.start()
+    time.sleep(duration)
+    stop.set()
+    for t in threads:
+        t.join()
+    for c in channels:
+        c.close()
+    return counts, health_latencies, health_failures
 
 
 def stop_server(process):
@@ -215,6 +267,9 @@ def main(argv=None):
     )
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per configuration")
     parser.add_argument("--soak", type=float, default=60.0, help="seconds of the N-client soak")
+    parser.add_argument("--overload-limit", type=int, default=16, help="--max-concurrent-rpcs of the overload phase")
+    parser.add_argument("--overload-clients", type=int, default=128, help="clients of the overload phase")
+    parser.add_argument("--overload-batch", type=int, default=64, help="examples per Predict of the overload phase")
     parser.add_argument("--quick", action="store_true", help="3 s per configuration, 10 s soak")
     parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -293,13 +348,26 @@ def main(argv=None):
                     )
                     results[label, batch, concurrency] = row(label, batch, concurrency, lat, el, err)
             if batching:
+                soak_memory = [memory_mb(process.pid)]
                 lat, _, err, el = run_load(
                     lambda client: client.predict("bench", inputs[1]), args.concurrency, args.soak, lambda: Client(target)
                 )
                 soak = row(f"soak {args.soak:g} s", 1, args.concurrency, lat, el, err)
                 soak_errors = err
+                soak_memory.append(memory_mb(process.pid))
         finally:
             stop_server(process)
+
+    x_overload = rng.normal(size=(args.overload_batch, args.input_dim)).astype(np.float32)
+    process, target = start_server(
+        base, True, args.workers, args.tf_threads, ("--max-concurrent-rpcs", str(args.overload_limit))
+    )
+    try:
+        overload_before = memory_mb(process.pid)
+        counts, health_lat, health_failed = overload(target, args.overload_clients, args.soak, x_overload)
+        overload_after = memory_mb(process.pid)
+    finally:
+        stop_server(process)
 
     print()
     n = args.concurrency
@@ -337,6 +405,18 @@ def main(argv=None):
     )
     print(f"soak: {n} clients for {args.soak:g} s, {soak[2] * args.soak:.0f} requests, {len(soak_errors)} errors"
           + (f" (first: {soak_errors[0]})" if soak_errors else ""))
+    (rss0, _), (rss1, peak1) = soak_memory
+    print(f"soak memory: server resident {rss0:.0f} MB before, {rss1:.0f} MB after (peak {peak1:.0f} MB)")
+    answered, shed = counts.get("OK", 0), counts.get("RESOURCE_EXHAUSTED", 0)
+    others = {k: v for k, v in counts.items() if k not in ("OK", "RESOURCE_EXHAUSTED")}
+    h50, h99 = percentiles(health_lat) if health_lat else (float("nan"), float("nan"))
+    print(
+        f"overload: {args.overload_clients} clients, Predict batch {args.overload_batch}, a server admitting "
+        f"{args.overload_limit} calls, {args.soak:g} s: {answered} answered ({answered / args.soak:.0f}/s), "
+        f"{shed} shed ({shed / max(1, answered + shed):.0%}), other errors {others or 0}; health checks "
+        f"{len(health_lat)} answered, {len(health_failed)} failed, p50 {h50:.2f} ms, p99 {h99:.2f} ms; server "
+        f"resident {overload_before[0]:.0f} MB before, {overload_after[0]:.0f} MB after (peak {overload_after[1]:.0f} MB)"
+    )
     print(f"load average at end {os.getloadavg()[0]:.1f}")
     shutil.rmtree(base, ignore_errors=True)
 
