@@ -13,4 +13,5 @@ Its configuration lives in configs/<name>.py (light to import, for `--help`);
 EXPERIMENTS = {
     "E1": "e1_finite_vs_infinite",
     "E5": "e5_kernel_regime",
+    "E4": "e4_continual",
 }
