@@ -28,6 +28,16 @@ def _not_a_layer(operation):
     )
 
 
+def _check_arguments(layer, kwargs):
+    """Only inference-mode calls: training None / False (Keras records it for Dropout)."""
+    extra = {k: v for k, v in kwargs.items() if v is not None and not (k == "training" and v is False)}
+    if extra:
+        raise ValueError(
+            f"Layer {layer.name!r} is called with keyword arguments {sorted(extra)}; the "
+            "infinite-width kernel maps need plain inference-mode calls."
+        )
+
+
 class _Walk:
     def __init__(self):
         self.calls = []
@@ -64,12 +74,7 @@ class _Walk:
             for node in nodes_by_depth[depth]:
                 if node.is_input or any(id(x) not in tensors for x in node.input_tensors):
                     continue
-                if any(v is not None for v in node.arguments.kwargs.values()):
-                    raise ValueError(
-                        f"Layer {node.operation.name!r} is called with keyword arguments "
-                        f"{sorted(node.arguments.kwargs)}; the infinite-width kernel maps "
-                        "need plain calls."
-                    )
+                _check_arguments(node.operation, node.arguments.kwargs)
                 if len(node.outputs) != 1:
                     raise ValueError(f"Layer {node.operation.name!r} has several outputs.")
                 (out,) = self.call(node.operation, [tensors[id(x)] for x in node.input_tensors])

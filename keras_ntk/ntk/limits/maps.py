@@ -87,7 +87,7 @@ class Affine:
         cov1, cov2 = k.covariances(lambda c: self.s_w * linear(c) + self.s_b)
         ntk = None
         if k.ntk is not None:
-            ntk = self.s_w * linear(k.ntk) + self.t_w * lk + self.t_b
+            ntk = self.s_w * (linear(k.ntk) + a.self_share * lk) + self.t_w * lk + self.t_b
         return Kernels(cov1, cov2, self.s_w * lk + self.s_b, ntk)
 
 
@@ -98,12 +98,15 @@ class Activation:
         K'(p, q) = E[phi(u) phi(v)],    T'(p, q) = T(p, q) E[phi'(u) phi'(v)],
 
     (u, v) ~ N(0, [[v(p), K(p, q)], [K(p, q), v'(q)]]). Needs Gaussian inputs
-    (pre-activations); the identity passes everything through.
+    (pre-activations); the identity passes everything through. A self share
+    alpha of the input (state.Layout) adds alpha E[u phi'(u) v phi'(v)], from
+    `self_dual`, the dual of t phi'(t).
     """
 
     name: str
     dual: typing.Callable
     identity: bool = False
+    self_dual: typing.Optional[typing.Callable] = None
     temporaries: int = 8
 
     def layout(self, inputs):
@@ -125,7 +128,7 @@ class Activation:
                 "Conv2D layer with Gaussian initial weights (for example "
                 "keras.initializers.RandomNormal) in front of it.",
             )
-        return dataclasses.replace(a, source="general", fresh=None)
+        return dataclasses.replace(a, source="general", fresh=None, self_share=0.0)
 
     def input_needs_pairs(self, output_needs_pairs, inputs):
         return output_needs_pairs
@@ -142,8 +145,14 @@ class Activation:
             return self.dual(*_with_sides(v, cov, v, mode), derivative=False)[0]
 
         cov1, cov2 = k.covariances(self_kernel)
-        e_phi, e_dphi = self.dual(*_with_sides(v1, k.nngp, v2, mode), derivative=k.ntk is not None)
-        return Kernels(cov1, cov2, e_phi, None if k.ntk is None else k.ntk * e_dphi)
+        sided = _with_sides(v1, k.nngp, v2, mode)
+        e_phi, e_dphi = self.dual(*sided, derivative=k.ntk is not None)
+        if k.ntk is None:
+            return Kernels(cov1, cov2, e_phi, None)
+        ntk = k.ntk * e_dphi
+        if inputs[0].self_share:
+            ntk += inputs[0].self_share * self.self_dual(*sided, derivative=False)[0]
+        return Kernels(cov1, cov2, e_phi, ntk)
 
 
 def _with_sides(v1, kernel, v2, mode):
@@ -160,7 +169,11 @@ class LayerNorm:
 
         K' = E[gamma^2] N K + E[beta^2],    T' = E[gamma^2] N T + t_gamma N K + t_beta,
 
-    t_gamma, t_beta = 1 when gamma / beta are trainable, else 0.
+    t_gamma, t_beta = 1 when gamma / beta are trainable, else 0. The gamma term is
+    not a deterministic kernel: dy/dgamma = x_hat = y / gamma is the channel's own
+    value, so a following activation sees E[phi'(y) y phi'(y') y'] (Activation),
+    not E[phi' phi'] N K. It is kept as the self share t_gamma / gamma^2 of the
+    output (state.Layout), which needs a constant gamma and beta = 0 at init.
     """
 
     name: str
@@ -182,7 +195,16 @@ class LayerNorm:
                 + ("the model input." if a.source == "input" else "an activation output."),
             )
         gaussian = a.source == "gaussian" and self.gaussian_beta
-        return dataclasses.replace(a, source="gaussian" if gaussian else "centered")
+        share = a.self_share
+        if self.t_gamma or share:
+            if self.beta2 != 0 or self.gamma2 == 0:
+                raise _error(
+                    self.name,
+                    "a trainable gamma needs a nonzero constant gamma and zero beta at "
+                    "initialization for its infinite-width limit (the Keras defaults ones / zeros).",
+                )
+            share = share + self.t_gamma / self.gamma2
+        return dataclasses.replace(a, source="gaussian" if gaussian else "centered", self_share=share)
 
     def input_needs_pairs(self, output_needs_pairs, inputs):
         return output_needs_pairs
@@ -208,8 +230,8 @@ class LayerNorm:
         v1, v2 = variance(k.cov1), variance(k.second)
         nngp = normalized(k.nngp, v1, v2)
         ntk = None
-        if k.ntk is not None:
-            ntk = self.gamma2 * normalized(k.ntk, v1, v2) + self.t_gamma * nngp + self.t_beta
+        if k.ntk is not None:  # the gamma term and the input's self share go to the output's
+            ntk = self.gamma2 * normalized(k.ntk, v1, v2) + self.t_beta
         return Kernels(cov1, cov2, self.gamma2 * nngp + self.beta2, ntk)
 
 
@@ -237,6 +259,13 @@ class Add:
                 raise _error(self.name, "its summands have different spatial shapes.")
         if any(a.source == "input" for a in inputs):
             raise _error(self.name, "adding the model input itself has no infinite-width kernel map.")
+        if any(a.self_share for a in inputs):
+            raise _error(
+                self.name,
+                "a summand carries the share of a trainable LayerNormalization gamma that no "
+                "activation or Dense / Conv2D layer has resolved; put one between them or make "
+                "the gamma non-trainable.",
+            )
         for i, a in enumerate(inputs):
             for b in inputs[i + 1 :]:
                 if not _independent(a, b):

@@ -180,7 +180,9 @@ class Program:
             kernels[step.output] = step.map(inputs, list(step.reads), self.layouts[step.output])
         out, layout = kernels[self.output], self.layouts[self.output]
         nngp = spatial.mean_positions(out.nngp, layout.mode)
-        return nngp, (None if out.ntk is None else spatial.mean_positions(out.ntk, layout.mode))
+        if out.ntk is None:
+            return nngp, None
+        return nngp, spatial.mean_positions(out.ntk, layout.mode) + layout.self_share * nngp
 
 
 def _convert(kernels, have, want):

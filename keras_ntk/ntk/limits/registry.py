@@ -53,16 +53,21 @@ def _check_elementwise(fn, name):
         )
 
 
+def _relu_self_dual(k11, k12, k22, derivative=False):
+    return dual.relu(k11, k12, k22, derivative=False)  # t relu'(t) = relu(t)
+
+
 def activation_map(fn, name, hermite_terms):
     """The `maps.Activation` of the elementwise function `fn` (closed form when known)."""
     if any(fn is f for f in _IDENTITY):
         return maps.Activation(name, dual.identity, identity=True)
     if any(fn is f for f in _RELU):
-        return maps.Activation(name, dual.relu)
+        return maps.Activation(name, dual.relu, self_dual=_relu_self_dual)
+    self_dual = dual.HermiteExpansion(dual.times_derivative(fn), hermite_terms)
     if any(fn is f for f in _ERF):
-        return maps.Activation(name, dual.erf)
+        return maps.Activation(name, dual.erf, self_dual=self_dual)
     _check_elementwise(fn, name)
-    return maps.Activation(name, dual.HermiteExpansion(fn, hermite_terms), temporaries=10)
+    return maps.Activation(name, dual.HermiteExpansion(fn, hermite_terms), self_dual=self_dual, temporaries=10)
 
 
 def _trainable(layer, variable):
@@ -165,7 +170,7 @@ def kernel_maps(layer, input_rank, hermite_terms):
         if type(layer) is keras.layers.ReLU and (
             layer.max_value is None and layer.negative_slope == 0 and layer.threshold == 0
         ):
-            return [maps.Activation(layer.name, dual.relu)]
+            return [maps.Activation(layer.name, dual.relu, self_dual=_relu_self_dual)]
         return [activation_map(layer.call, layer.name, hermite_terms)]
     if type(layer) is keras.layers.Add:
         return [maps.Add(layer.name)]

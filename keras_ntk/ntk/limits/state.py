@@ -38,6 +38,11 @@ class Layout:
         such a function (the data, an activation).
       ancestors: every affine layer it depends on.
       rank: the rank of the tensor, batch axis included.
+      self_share: alpha when part of the NTK is alpha times the tensor's own NNGP,
+        kept apart (`Kernels.ntk` holds the rest): the share of a trainable
+        LayerNormalization gamma, whose gradient dh/dgamma = h / gamma is the
+        channel's own value and so does not concentrate; an activation or a
+        dense layer resolves it (maps.py).
       mode: "flat", "diag" or "pairs", assigned once the consumers are known.
     """
 
@@ -47,6 +52,7 @@ class Layout:
     ancestors: frozenset
     rank: int
     flattened: bool = False
+    self_share: float = 0.0
     mode: typing.Optional[str] = None
 
 
