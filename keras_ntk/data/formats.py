@@ -5,8 +5,6 @@ the file when its content does not follow the format (a malformed file is never
 silently skipped).
 """
 
-from __future__ import annotations
-
 import csv
 import gzip
 import os

@@ -23,8 +23,6 @@ files to fetch, the URL keras.datasets uses and where to put them. Files that ar
 found but malformed raise ``ValueError``.
 """
 
-from __future__ import annotations
-
 import os
 
 import numpy as np

@@ -7,8 +7,6 @@ use for it) accepting TCP connections; otherwise :func:`download_or_fail` raises
 download happened, and how to fetch the files by hand.
 """
 
-from __future__ import annotations
-
 import os
 import socket
 import urllib.parse

@@ -5,8 +5,6 @@ and the test stream together, so that task ``t`` applies the same permutation or
 rotation, or holds the same classes, in both.
 """
 
-from __future__ import annotations
-
 import numpy as np
 
 STREAMS = ("permuted", "rotated", "split")

@@ -1,7 +1,5 @@
 """Experiment aids: deterministic subsets, and classification labels as regression targets."""
 
-from __future__ import annotations
-
 import numpy as np
 
 

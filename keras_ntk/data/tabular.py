@@ -1,7 +1,5 @@
 """Tabular datasets: scikit-learn's bundled sets and numeric (UCI-style) CSV files."""
 
-from __future__ import annotations
-
 import numpy as np
 
 from . import formats
