@@ -27,11 +27,14 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "activations",
+    "bandits",
+    "continual",
     "data",
     "diagnostics",
     "experiments",
     "layers",
     "linearize",
+    "optimizers",
     "models",
     "ntk",
     "predictive",
