@@ -26,9 +26,13 @@ if _version_not_supported:
 
 
 class KernelServiceStub:
-    """Errors: NOT_FOUND (unknown model, version or label), INVALID_ARGUMENT (shapes, dtypes,
-    NaN/Inf; the message says what was expected), RESOURCE_EXHAUSTED (above the server's
-    size limits), DEADLINE_EXCEEDED, UNAUTHENTICATED (when the server requires a bearer token).
+    """Errors: NOT_FOUND (unknown model, version or label), UNAVAILABLE (a known model or version
+    still loading: retry), INVALID_ARGUMENT (shapes, dtypes, NaN/Inf, undecodable requests,
+    inputs so large the model overflows; the message says what was expected),
+    RESOURCE_EXHAUSTED (above the server's size or memory limits, naming the estimate and the
+    limit, or more calls than it admits at once), DEADLINE_EXCEEDED (also when the client does
+    not send its request or take the next tile within the server's client timeout),
+    UNAUTHENTICATED (when the server requires a bearer token).
     """
 
     def __init__(self, channel):
@@ -65,9 +69,13 @@ class KernelServiceStub:
 
 
 class KernelServiceServicer:
-    """Errors: NOT_FOUND (unknown model, version or label), INVALID_ARGUMENT (shapes, dtypes,
-    NaN/Inf; the message says what was expected), RESOURCE_EXHAUSTED (above the server's
-    size limits), DEADLINE_EXCEEDED, UNAUTHENTICATED (when the server requires a bearer token).
+    """Errors: NOT_FOUND (unknown model, version or label), UNAVAILABLE (a known model or version
+    still loading: retry), INVALID_ARGUMENT (shapes, dtypes, NaN/Inf, undecodable requests,
+    inputs so large the model overflows; the message says what was expected),
+    RESOURCE_EXHAUSTED (above the server's size or memory limits, naming the estimate and the
+    limit, or more calls than it admits at once), DEADLINE_EXCEEDED (also when the client does
+    not send its request or take the next tile within the server's client timeout),
+    UNAUTHENTICATED (when the server requires a bearer token).
     """
 
     def Predict(self, request, context):
@@ -142,9 +150,13 @@ def add_KernelServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class KernelService:
-    """Errors: NOT_FOUND (unknown model, version or label), INVALID_ARGUMENT (shapes, dtypes,
-    NaN/Inf; the message says what was expected), RESOURCE_EXHAUSTED (above the server's
-    size limits), DEADLINE_EXCEEDED, UNAUTHENTICATED (when the server requires a bearer token).
+    """Errors: NOT_FOUND (unknown model, version or label), UNAVAILABLE (a known model or version
+    still loading: retry), INVALID_ARGUMENT (shapes, dtypes, NaN/Inf, undecodable requests,
+    inputs so large the model overflows; the message says what was expected),
+    RESOURCE_EXHAUSTED (above the server's size or memory limits, naming the estimate and the
+    limit, or more calls than it admits at once), DEADLINE_EXCEEDED (also when the client does
+    not send its request or take the next tile within the server's client timeout),
+    UNAUTHENTICATED (when the server requires a bearer token).
     """
 
     @staticmethod
