@@ -17,7 +17,7 @@ import pytest
 
 import keras_ntk
 from keras_ntk.predictive import Laplace
-from keras_ntk.serving import export, tensors
+from keras_ntk.serving import export
 from keras_ntk.serving.client import Client
 from keras_ntk.serving.errors import MAX_DETAILS
 from keras_ntk.serving.registry import parse_labels
