@@ -154,6 +154,42 @@ def shared_joint(covariance, num_outputs):
 _posterior_moments = tf.function(posterior_moments, reduce_retracing=True)
 
 
+def empirical_moments(feature_map, train, mean_model, chol, alpha, num_outputs, independent, x, joint):
+    """Empirical NTK-GP posterior at x (n, ...) from the structured engine's
+    per-example factors, pure TensorFlow.
+
+    Args:
+      feature_map: the network's `FeatureMap`; train: its factors of X.
+      mean_model: the network as prior mean m(x) = f(x), or None for m = 0.
+      chol, alpha: as `posterior_moments`.
+      independent: the kernel is NTK(output="trace"), shared by the K outputs.
+    Returns:
+      mean (n, K) and the blocks (n, K, K), or the joint (n K, n K) covariance.
+    """
+    groups, n, k = feature_map.groups, tf.shape(x)[0], num_outputs
+
+    def kernel(f1, f2):
+        if independent:
+            return contract_lib.contract(groups, f1, f2, "trace", tf.float64, False)
+        return flatten_blocks(contract_lib.contract(groups, f1, f2, "full", tf.float64, False))
+
+    fx = feature_map.factors(x)
+    if mean_model is None:
+        prior_mean = tf.zeros((n, k), tf.float64)
+    else:
+        prior_mean = tf.cast(tf.reshape(mean_model(x, training=False), (n, k)), tf.float64)
+    if joint:
+        prior = kernel(fx, fx)
+    else:
+        prior = contract_lib.contract(groups, fx, None, "diagonal", tf.float64, False)
+        if independent:
+            prior = tf.reduce_mean(tf.linalg.diag_part(prior), axis=1)
+    mean, covariance = posterior_moments(prior_mean, kernel(fx, train), prior, chol, alpha, independent, joint)
+    if joint and independent:
+        covariance = shared_joint(covariance, k)
+    return mean, covariance
+
+
 def marginal_distribution(mean, variance):
     """Independent Normals over an (M, K) event; negative roundoff in variance is clipped to 0."""
     scale = tf.sqrt(tf.maximum(variance, tf.constant(0.0, tf.float64)))
@@ -397,42 +433,23 @@ class NTKGP:
                 "an infinite-width GP has no model to run."
             )
         feature_map = features.feature_map(model, self.x_train)
-        train = features.factors_of(feature_map, self.x_train)
-        groups, k = feature_map.groups, self.num_outputs
-        independent = self.output == "independent"
-        chol, alpha = self.factorization.chol, self.representer_weights
-        center = self.mean_fn is not None
-
-        def kernel(f1, f2):
-            if independent:
-                return contract_lib.contract(groups, f1, f2, "trace", tf.float64, False)
-            return flatten_blocks(contract_lib.contract(groups, f1, f2, "full", tf.float64, False))
-
-        def moments(x, joint):
-            fx = feature_map.factors(x)
-            if center:
-                prior_mean = tf.cast(tf.reshape(model(x, training=False), (tf.shape(x)[0], k)), tf.float64)
-            else:
-                prior_mean = tf.zeros((tf.shape(x)[0], k), tf.float64)
-            if joint:
-                prior = kernel(fx, fx)
-            else:
-                prior = contract_lib.contract(groups, fx, None, "diagonal", tf.float64, False)
-                if independent:
-                    prior = tf.reduce_mean(tf.linalg.diag_part(prior), axis=1)
-            return posterior_moments(prior_mean, kernel(fx, train), prior, chol, alpha, independent, joint)
-
-        def joint(x):
-            mean, covariance = moments(x, True)
-            return mean, shared_joint(covariance, k) if independent else covariance
-
+        moments = functools.partial(
+            empirical_moments,
+            feature_map,
+            features.factors_of(feature_map, self.x_train),
+            model if self.mean_fn is not None else None,
+            self.factorization.chol,
+            self.representer_weights,
+            self.num_outputs,
+            self.output == "independent",
+        )
         return PredictiveFunctions(
             model=model,
             likelihood=self.likelihood,
             noise_variance=self.noise_variance,
             jitter=self.jitter,
-            marginal=lambda x: moments(x, False),
-            joint=joint,
+            marginal=functools.partial(moments, joint=False),
+            joint=functools.partial(moments, joint=True),
         )
 
     def log_marginal_likelihood(self):

@@ -20,6 +20,7 @@ over the covered parameters p, differentiable in delta and s^2, which
 `optimize_hyperparameters` maximizes.
 """
 
+import functools
 import math
 
 import keras
@@ -50,6 +51,12 @@ def _positive(value, what):
 def mean_function(model, x):
     """f(x; theta*) as (n, K) float64 (traceable)."""
     return tf.cast(rules_lib.flat_outputs(model, x), F64)
+
+
+def linearized_moments(model, curvature, tensors, x, joint):
+    """(f(x; theta*) (n, K), curvature.covariance(x, tensors, joint)): the linearized
+    predictive's moments, pure TensorFlow."""
+    return mean_function(model, x), curvature.covariance(x, tensors, joint)
 
 
 def softmax_hessian_sqrt(logits):
@@ -331,14 +338,14 @@ class Laplace:
         `compile_predictive` traces them with a fixed input signature."""
         self._require_fit()
         factors = self._factors()
-        curvature, tensors, model = self.curvature, factors.tensors, self.model
+        moments = functools.partial(linearized_moments, self.model, self.curvature, factors.tensors)
         return PredictiveFunctions(
-            model=model,
+            model=self.model,
             likelihood=self.likelihood,
             noise_variance=self.noise_variance if self.likelihood == "regression" else 0.0,
             jitter=factors.jitter,
-            marginal=lambda x: (mean_function(model, x), curvature.covariance(x, tensors, joint=False)),
-            joint=lambda x: (mean_function(model, x), curvature.covariance(x, tensors, joint=True)),
+            marginal=functools.partial(moments, joint=False),
+            joint=functools.partial(moments, joint=True),
         )
 
     def predict(self, x, joint=False, link="probit", samples=1000, observation_noise=False, seed=None):

@@ -1,5 +1,7 @@
 """Diagonal GGN over the covered parameters, from per-example Jacobians."""
 
+import functools
+
 import tensorflow as tf
 
 from keras_ntk.predictive.curvature import base
@@ -14,7 +16,7 @@ class DiagonalCurvature(base.Curvature):
     def __init__(self, model, groups, group_index):
         super().__init__(model, groups, group_index)
         self.ggn = tf.zeros((sum(self.sizes),), base.F64)
-        self._jacobians = tf.function(lambda x: base.jacobians(model, self.variables, x), reduce_retracing=True)
+        self._jacobians = tf.function(functools.partial(base.jacobians, model, self.variables), reduce_retracing=True)
 
     def accumulate(self, x, lam_sqrt):
         jt = tf.einsum("nkc,nkp->ncp", lam_sqrt, self._jacobians(x))

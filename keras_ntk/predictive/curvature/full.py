@@ -1,5 +1,7 @@
 """Full GGN over the covered parameters, from per-example Jacobians."""
 
+import functools
+
 import tensorflow as tf
 
 from keras_ntk.predictive import numerics
@@ -26,7 +28,7 @@ class FullCurvature(base.Curvature):
         size = sum(self.sizes)
         self.ggn = tf.zeros((size, size), base.F64)
         self.eigenvalues = None
-        self._jacobians = tf.function(lambda x: base.jacobians(model, self.variables, x), reduce_retracing=True)
+        self._jacobians = tf.function(functools.partial(base.jacobians, model, self.variables), reduce_retracing=True)
 
     def accumulate(self, x, lam_sqrt):
         jt = tf.einsum("nkc,nkp->ncp", lam_sqrt, self._jacobians(x))
