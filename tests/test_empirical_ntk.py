@@ -161,7 +161,7 @@ def test_dense_chain_recursion_equals_brute_force(name):
     full = brute_force_ntk(model, x)
     ntk = keras_ntk.NTK(model, per_layer=True)
     per_layer = ntk(x)
-    assert (ntk._features._chain is not None) == chain
+    assert (ntk.strategy.feature_map.chain is not None) == chain
     _assert_close(sum(v.numpy() for v in per_layer.values()), full)
     for output in ("full", "trace", "diagonal"):
         _assert_close(keras_ntk.NTK(model, output=output)(x), _reduce(full, output))
@@ -176,7 +176,7 @@ def test_dense_chain_per_layer_kernels_are_each_layers_share():
     x = np.random.default_rng(15).normal(size=(5, 3)).astype(np.float32)
     ntk = keras_ntk.NTK(model, per_layer=True)
     per_layer = ntk(x)
-    assert ntk._features._chain is not None
+    assert ntk.strategy.feature_map.chain is not None
     for name, kernel in per_layer.items():
         _assert_close(kernel, _brute_force_layer_ntk(model, name, x))
 
@@ -347,7 +347,7 @@ def test_tiles_shared_by_several_logical_devices():
         x = np.random.default_rng(0).normal(size=(9, 3)).astype(np.float32)
         ntk = keras_ntk.NTK(model, memory_budget=20_000)
         kernel = ntk(x).numpy()
-        assert ntk.plan(9, 9)[0] < 9 and ntk._strategy.num_replicas_in_sync == 2
+        assert ntk.plan(9, 9)[0] < 9 and ntk._devices[0].num_replicas_in_sync == 2
         ref = brute_force_ntk(model, x)
         print(np.abs(kernel - ref).max() / np.abs(ref).max())
         """

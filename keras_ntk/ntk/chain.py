@@ -20,6 +20,12 @@ Used only where this is exact: `find` checks the chain on an eager forward pass
 (every layer's input is the very tensor the previous layer returned, the model
 returns the last layer's output) and that every activation is one with a known
 derivative; otherwise it returns None and the engine uses the probe path.
+
+The recursion needs no automatic differentiation, so it can run in a wider dtype
+than the model: with dtype float64 for a float32 model, `probe_chain` recomputes
+the chain's z_l and a_l in float64 from the first layer's input, and the factors
+carry no float32 rounding (their values do not depend on the batch they were
+computed in).
 """
 
 import math
@@ -76,9 +82,7 @@ def find(model, rules, example):
         _is_dense(r.layer) and _derivative(r.layer.activation)[0] for r in rules
     ):
         return None
-    records = []
-    with rules_lib.probed(rules, None, records):
-        out = rules_lib.model_outputs(model, example)
+    out, records = rules_lib.record_calls(model, rules, example)
     if len(records) != len(rules) or any(
         len(call.inputs.shape) != 2 or len(call.z.shape) != 2 for call in records
     ):
@@ -89,21 +93,25 @@ def find(model, rules, example):
     return [call.rule for call in records]
 
 
-def probe_chain(model, chain, x):
+def probe_chain(model, chain, x, dtype=None):
     """Inputs and deltas of every layer of a chain (call inside tf.function).
 
     Args:
       chain: the rules returned by `find`, in call order.
       x: (n, ...) inputs.
+      dtype: dtype of the recursion; wider than the model's compute dtype, the chain's
+        forward pass is recomputed in it from the first chain layer's input, so that
+        inputs and deltas carry no rounding of the narrower dtype. Default: the
+        model's compute dtype.
     Returns:
       list of (rule, a (n, O_{l-1}), delta (n, K, O_l)), in chain order, with
       delta[n, k, o] = df_k / dz_l[n, o].
     """
-    records = []
-    with rules_lib.probed(chain, None, records):
-        rules_lib.model_outputs(model, x)
+    _, records = rules_lib.record_calls(model, chain, x)
     if [call.rule.name for call in records] != [rule.name for rule in chain]:
         raise RuntimeError("The model called its dense layers differently than when probed.")
+    if dtype is not None and tf.as_dtype(dtype).size > records[0].z.dtype.size:
+        records = _recompute(records, tf.as_dtype(dtype))
     last = records[-1]
     n, k = tf.shape(x)[0], last.z.shape[-1]
     _, derivative = _derivative(last.rule.layer.activation)
@@ -112,7 +120,7 @@ def probe_chain(model, chain, x):
         delta *= derivative(last.z, last.outputs)[:, None, :]
     deltas = [delta]
     for below, above in zip(records[-2::-1], records[:0:-1]):
-        kernel = above.rule.layer.kernel.value  # (O_below, O_above)
+        kernel = tf.cast(above.rule.layer.kernel.value, delta.dtype)  # (O_below, O_above)
         # einsum rather than matmul(..., transpose_b=True): oneDNN's transposed-B
         # matmul is about 15% slower here
         delta = tf.einsum("nki,oi->nko", delta, kernel)
@@ -124,3 +132,14 @@ def probe_chain(model, chain, x):
             delta *= scale
         deltas.append(delta)
     return [(call.rule, call.inputs, d) for call, d in zip(records, deltas[::-1])]
+
+
+def _recompute(records, dtype):
+    """The chain's calls recomputed in `dtype` from the first call's input."""
+    out, a = [], records[0].inputs
+    for call in records:
+        z = call.rule.linear(a, dtype)
+        outputs = call.rule.layer.activation(z)
+        out.append(call._replace(inputs=tf.cast(a, dtype), z=z, outputs=outputs))
+        a = outputs
+    return out

@@ -4,9 +4,12 @@ Theta(x, x') = J(x) J(x')^T with J = df/dtheta over the trainable variables,
 K x K per pair of examples. Output modes (contract.py): "full" (N, M, K, K),
 "trace" (N, M) = mean over the K diagonal output pairs (comparable with the
 per-output infinite-width kernel), "diagonal" (N, K, K) = each x1 with itself.
+`NTK` plans tiles of the request within a memory budget and assembles them; the
+blocks themselves come from its strategy (strategies.py): per-example factors
+("structured", "jacobian") or NTK-vector products ("ntk_vp").
 """
 
-import math
+import threading
 import weakref
 
 import keras
@@ -14,10 +17,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ntk.ntk import contract as contract_lib
-from keras_ntk.ntk import features as features_lib
 from keras_ntk.ntk import memory
 from keras_ntk.ntk import rules as rules_lib
-from keras_ntk.ntk import vector_products
+from keras_ntk.ntk import strategies
 
 METHODS = ("auto", "structured", "jacobian", "ntk_vp")
 
@@ -35,19 +37,30 @@ class NTK:
       model: a built Keras model with one output tensor (K = flattened size).
       output: "full" | "trace" | "diagonal" (see module docstring).
       method: "auto" (= "structured"), "structured" (per-layer rules for Dense
-        and Conv2D, keras_ntk's and Keras', Jacobians for other parameters),
-        "jacobian" (per-example Jacobians of all parameters) or "ntk_vp"
-        (NTK-vector products with basis vectors; no Jacobian stored).
+        and Conv2D, keras_ntk's and Keras', grouped convolutions included,
+        Jacobians for other parameters), "jacobian" (per-example Jacobians of all
+        parameters) or "ntk_vp" (NTK-vector products with basis vectors; no
+        Jacobian stored). See strategies.py.
       memory_budget: bytes the call may use, result included; default half the
         available memory (or KERAS_NTK_MEMORY_BUDGET).
       per_layer: return a dict layer path -> kernel whose values sum to the total.
-      dtype: dtype of the kernel (default float32); contractions run in it.
+      dtype: dtype of the kernel (default float32); contractions run in it. With a
+        wider dtype than the model's, a chain of dense layers (features.py) also
+        computes its activations and deltas in it, so its kernel does not depend on
+        how the examples are tiled; other layers' gradients are the model's own.
       progress: show a progress bar over tiles (None: when there are 8 or more).
 
     Calling it with x1 (N, ...) and optional x2 (M, ...) returns a tf.Tensor
     (or dict of them). x2=None uses the symmetry Theta(x, x') = Theta(x', x)^T.
     The model runs in inference mode (training=False); only trainable
-    variables are parameters.
+    variables are parameters. The first call probes the model and checks
+    TensorFlow's vectorized gradients once on two of its examples (see
+    features.FeatureMap and strategies.VectorProductStrategy for the cost);
+    layers that fail are computed without vectorization. Instances may be
+    called from several threads at once.
+
+    Attributes:
+      strategy: the strategies.FactorStrategy or VectorProductStrategy, once called.
     """
 
     def __init__(
@@ -78,29 +91,9 @@ class NTK:
         if not self.dtype.is_floating:
             raise ValueError(f"dtype must be a floating dtype, got {self.dtype.name}.")
         self.progress = progress
-        self._features = None
-        self._strategy = None
-        self._contract = tf.function(
-            lambda f1, f2, symmetric: contract_lib.contract(
-                self._features.groups, f1, f2, self.output, self.dtype, self.per_layer, symmetric
-            ),
-            reduce_retracing=True,
-        )
-        self._whole = tf.function(
-            lambda x: contract_lib.contract(
-                self._features.groups,
-                self._features.factors(x),
-                None,
-                self.output,
-                self.dtype,
-                self.per_layer,
-                symmetric=True,
-            ),
-            reduce_retracing=True,
-        )
-        self._vp_block = tf.function(
-            lambda a, b: vector_products.kernel_block(model, a, b), reduce_retracing=True
-        )
+        self.strategy = None
+        self._lock = threading.Lock()
+        self._devices = None
 
     # -- inputs ---------------------------------------------------------------
     def _as_inputs(self, x, what):
@@ -122,15 +115,17 @@ class NTK:
         return x
 
     def _prepare(self, x):
-        if self._features is not None or self.method == "ntk_vp":
-            if self.method == "ntk_vp" and self._features is None:
-                self._check_independent_examples(x)
-                self._num_outputs = int(rules_lib.flat_outputs(self.model, x[:1]).shape[1])
-                self._features = False
-            return
-        self._check_independent_examples(x)
-        self._features = features_lib.FeatureMap(self.model, self.method, x[:1])
-        self._num_outputs = self._features.num_outputs
+        with self._lock:
+            if self.strategy is not None:
+                return
+            self._check_independent_examples(x)
+            if self.method == "ntk_vp":
+                strategy = strategies.VectorProductStrategy(self.model, self.output, self.dtype, x[:2])
+            else:
+                strategy = strategies.FactorStrategy(
+                    self.model, self.method, self.output, self.dtype, self.per_layer, x[:2]
+                )
+            self.strategy = strategy
 
     def _check_independent_examples(self, x):
         """Raise ValueError when one example's output depends on another example."""
@@ -150,40 +145,29 @@ class NTK:
 
     # -- planning -------------------------------------------------------------
     def _result_entries(self, n, m):
-        k = self._num_outputs
+        k = self.strategy.num_outputs
         return {"full": n * m * k * k, "trace": n * m, "diagonal": n * k * k}[self.output]
 
-    def _per_example_bytes(self):
-        itemsize = 4
-        if self.method == "ntk_vp":
-            params = sum(math.prod(v.shape) for v in self.model.trainable_variables)
-            return 0, 4 * self._num_outputs * params * itemsize
-        return self._features.bytes_per_example(itemsize)
-
     def _tile_bytes(self, c):
-        k2 = self._num_outputs**2 if self.output != "trace" else 1
-        groups = 1 if self.method == "ntk_vp" else len(self._features.groups)
+        k2 = self.strategy.num_outputs**2 if self.output != "trace" else 1
         cols = 1 if self.output == "diagonal" else c
-        return c * cols * k2 * self.dtype.size * (3 + groups)
+        return c * cols * k2 * self.dtype.size * (3 + self.strategy.parts)
 
     def plan(self, n, m):
         """(chunk size, cache all factors?) for an n x m request, or NTKMemoryError.
 
         Available once the NTK has been called (it probes the model on the first call).
         """
-        if self._features is None:
+        if self.strategy is None:
             raise ValueError("plan() needs the model probed: call the NTK on a batch first.")
         budget = self.memory_budget or memory.default_budget()
-        names = 1
-        if self.per_layer:
-            names = len({g.name for g in self._features.groups}) + 1
-        result = 2 * self._result_entries(n, m) * self.dtype.size * names
-        factor, working = self._per_example_bytes()
+        result = 2 * self._result_entries(n, m) * self.dtype.size * self.strategy.names
+        factor, working = self.strategy.bytes_per_example()
         need_one = result + working + self._tile_bytes(1)
         if need_one > budget:
             raise memory.NTKMemoryError(
                 f"This NTK request needs at least {memory.gib(need_one)}: the result "
-                f"({self.output!r}, {n} x {m} examples, K = {self._num_outputs}) takes "
+                f"({self.output!r}, {n} x {m} examples, K = {self.strategy.num_outputs}) takes "
                 f"{memory.gib(result)} and processing one example "
                 f"{memory.gib(working + self._tile_bytes(1))}, but memory_budget is "
                 f"{memory.gib(budget)}. Use fewer examples, output='trace' or 'diagonal' "
@@ -196,19 +180,6 @@ class NTK:
         return chunk, (n + m) * factor <= spare
 
     # -- computation ----------------------------------------------------------
-    def _block(self, rows, cols, row_factors, col_factors, symmetric=False):
-        if self.method == "ntk_vp":
-            if self.output == "diagonal":
-                full = tf.vectorized_map(
-                    lambda xi: self._vp_block(xi[None], xi[None])[0, 0], rows
-                )
-                return tf.cast(full, self.dtype)
-            full = tf.cast(self._vp_block(rows, cols), self.dtype)
-            if self.output == "trace":
-                return tf.reduce_mean(tf.linalg.diag_part(full), axis=-1)
-            return full
-        return self._contract(row_factors, None if symmetric else col_factors, symmetric)
-
     def __call__(self, x1, x2=None):
         x1 = self._as_inputs(x1, "x1")
         symmetric = x2 is None
@@ -228,28 +199,16 @@ class NTK:
             pairs = [(i, j) for i in range(len(row_chunks)) for j in range(len(col_chunks))]
         return self._assemble(row_chunks, col_chunks, pairs, symmetric, cache, n, m)
 
-    def _tile(self, rows, cols):
-        """Kernel block of one tile computed from its inputs (one replica's work)."""
-        if self.method == "ntk_vp":
-            return self._block(rows, cols, None, None)
-        f_cols = None if self.output == "diagonal" else self._features(cols)
-        return self._block(rows, cols, self._features(rows), f_cols)
-
     def _local_blocks(self, row_chunks, col_chunks, pairs, symmetric, cache):
-        """Yield ((i, j), block) on the default device, reusing factors of chunks:
+        """Yield ((i, j), block) on the default device, reusing encoded chunks:
         all of them when `cache`, else those of the current row chunk."""
-        if symmetric and len(pairs) == 1 and self.method != "ntk_vp":
-            # the one tile is the whole kernel: factors and contraction in one call
-            yield (0, 0), self._whole(tf.constant(row_chunks[0][0]))
-            return
+        strategy = self.strategy
         store = {}
 
-        def factors(side, index, chunks, keep):
-            if self.method == "ntk_vp":
-                return None
+        def encoded(side, index, chunks, keep):
             if (side, index) in store:
                 return store[side, index]
-            value = self._features(tf.constant(chunks[index][0]))
+            value = strategy.encode(tf.constant(chunks[index][0]))
             if keep:
                 store[side, index] = value
             return value
@@ -258,34 +217,34 @@ class NTK:
             if not cache:
                 for key in [key for key in store if key != ("rows", i)]:
                     del store[key]
-            f_rows = factors("rows", i, row_chunks, keep=True)
-            f_cols = None
+            rows = encoded("rows", i, row_chunks, keep=True)
+            cols = None
             if self.output != "diagonal":
                 side = "rows" if symmetric else "cols"
-                f_cols = factors(side, j, col_chunks, keep=cache or (symmetric and i == j))
-            rows, cols = tf.constant(row_chunks[i][0]), tf.constant(col_chunks[j][0])
-            yield (i, j), self._block(rows, cols, f_rows, f_cols, symmetric and i == j)
+                cols = encoded(side, j, col_chunks, keep=cache or (symmetric and i == j))
+            yield (i, j), strategy.block(rows, cols, symmetric and i == j)
 
     def _distributed_blocks(self, devices, row_chunks, col_chunks, pairs):
         """Yield ((i, j), block), tiles shared by `devices` in rounds through a
         tf.distribute.MirroredStrategy: each replica computes one tile."""
-        if self._strategy is None:
-            self._strategy = tf.distribute.MirroredStrategy(devices)
-            self._run_replicas = tf.function(
-                lambda rows, cols: self._strategy.run(self._tile, args=(rows, cols))
-            )
-        strategy, count = self._strategy, len(devices)
+        with self._lock:
+            if self._devices is None:
+                replicas = tf.distribute.MirroredStrategy(devices)
+                run = tf.function(lambda rows, cols: replicas.run(self.strategy.tile, args=(rows, cols)))
+                self._devices = (replicas, run)
+        replicas, run = self._devices
+        count = len(devices)
         for first in range(0, len(pairs), count):
             round_pairs = pairs[first : first + count]
             padded = round_pairs + [round_pairs[-1]] * (count - len(round_pairs))
 
             def per_replica(chunks, side):
-                return strategy.experimental_distribute_values_from_function(
+                return replicas.experimental_distribute_values_from_function(
                     lambda ctx: tf.constant(chunks[padded[ctx.replica_id_in_sync_group][side]][0])
                 )
 
-            blocks = self._run_replicas(per_replica(row_chunks, 0), per_replica(col_chunks, 1))
-            yield from zip(round_pairs, strategy.experimental_local_results(blocks))
+            blocks = run(per_replica(row_chunks, 0), per_replica(col_chunks, 1))
+            yield from zip(round_pairs, replicas.experimental_local_results(blocks))
 
     def _assemble(self, row_chunks, col_chunks, pairs, symmetric, cache, n, m):
         show = self.progress if self.progress is not None else len(pairs) >= 8
@@ -321,7 +280,7 @@ class NTK:
         return tensors if self.per_layer else tensors[None]
 
     def _shape(self, n, m):
-        k = self._num_outputs
+        k = self.strategy.num_outputs
         return {"full": (n, m, k, k), "trace": (n, m), "diagonal": (n, k, k)}[self.output]
 
 

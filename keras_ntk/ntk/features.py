@@ -8,51 +8,79 @@ variables of a layer without a rule). Each group yields per-example factors:
               bc = bias_scale^2 (0 for a frozen part);
   "gradient"  (G (n, K, P)):            Theta_g = <G_ik, G_jl>,
               per-example gradients df_k/dtheta_g, formed structurally from
-              patches and deltas (convolutions) or by autodiff (the Jacobian path).
+              patches and deltas (convolutions, grouped ones per group) or by
+              autodiff (the Jacobian path).
 
 The deltas of rule layers come from the explicit backward recursion of
 chain.py when the rule layers are a chain of dense layers ending at the output,
-else from the probed pass of rules.py (K vectorized backward passes).
+else from the probed pass of rules.py (K vectorized backward passes). Both the
+probed pass and the Jacobian path rely on TensorFlow's automatic vectorization;
+`FeatureMap` checks them once when it is built (vectorization.py) and computes
+the groups that fail the check without vectorization.
 """
 
 import collections
 import dataclasses
 import math
+import threading
 
 import tensorflow as tf
 
 from keras_ntk.ntk import chain as chain_lib
+from keras_ntk.ntk import contract as contract_lib
 from keras_ntk.ntk import rules as rules_lib
+from keras_ntk.ntk import vectorization
 
 
 @dataclasses.dataclass(frozen=True)
 class Group:
+    """One parameter group of the NTK sum (see the module docstring for `kind`).
+
+    Attributes:
+      name: the owning layer's path (per-layer kernels are keyed by it).
+      kind: "factored" | "gradient".
+      weight_coef, bias_coef: wc and bc of a factored group.
+      variables: the group's trainable variables.
+    """
+
     name: str
-    kind: str  # "factored" | "gradient"
+    kind: str
     weight_coef: float = 0.0
     bias_coef: float = 0.0
+    variables: tuple = dataclasses.field(default=(), compare=False)
 
 
 def _owner(variable):
     return variable.path.rsplit("/", 1)[0]
 
 
-def per_example_jacobians(model, variables, x):
+def per_example_jacobians(model, variables, x, vectorized=True):
     """Per-example Jacobians, list of (n, K, size(v)) for each variable v.
 
-    Vectorized over examples with tf.vectorized_map; call inside tf.function.
+    Computed on the model's twin (rules.twin: grouped convolutions as ungrouped
+    ones), call inside tf.function. vectorized=True maps over examples and outputs
+    with TensorFlow's vectorization (tf.vectorized_map, tape.jacobian's pfor);
+    False loops over both (n K backward passes, for layers whose vectorized
+    gradients are wrong).
     """
+    forward = rules_lib.twin(model).model
 
     def one(xi):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch([v.value for v in variables])
-            f = rules_lib.flat_outputs(model, xi[None])[0]
+            f = rules_lib.flat_outputs(forward, xi[None])[0]
         jac = tape.jacobian(
-            f, [v.value for v in variables], unconnected_gradients=tf.UnconnectedGradients.ZERO
+            f,
+            [v.value for v in variables],
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            experimental_use_pfor=vectorized,
         )
         return [tf.reshape(j, (tf.shape(f)[0], -1)) for j in jac]
 
-    return tf.vectorized_map(one, x)
+    if vectorized:
+        return tf.vectorized_map(one, x)
+    signature = [tf.TensorSpec((None, math.prod(v.shape)), v.dtype) for v in variables]
+    return tf.map_fn(one, x, fn_output_signature=signature)
 
 
 class FeatureMap:
@@ -62,79 +90,133 @@ class FeatureMap:
       model: a built Keras model with one output tensor.
       method: "structured" (rules where they exist, Jacobians for the rest) or
         "jacobian" (Jacobians for all trainable variables).
-      example: one input example with its batch axis, (1, ...), used to find
-        which rule layers the forward pass calls exactly once.
+      example: one or two input examples with their batch axis, (m, ...), used to
+        find which rule layers the forward pass calls exactly once (and for the
+        check below when the first call is traced).
+      dtype: dtype of the dense-chain recursion (chain.probe_chain); default the
+        model's compute dtype. The other factors are the model's own gradients, in
+        the model's compute dtype.
     Attributes:
       groups: the `Group`s, in the order of the factors returned by `__call__`.
       num_outputs: K.
+      rules: the rules.LayerRule of every layer with a structured rule.
+      chain: `rules` when they form a dense chain taking the explicit recursion, else None.
+      unvectorized: names of the groups whose vectorized gradients failed the
+        check; their path (the probed pass of rule layers, or the Jacobian path)
+        runs without vectorization.
+
+    The first call checks every group whose factors come from TensorFlow's
+    vectorization (all but the chain's) once, as vectorization.py describes, on
+    that call's first two examples: 2 m unvectorized backward passes and one
+    float64 contraction of m examples, no extra trace. (A first call inside
+    someone else's tf.function checks on `example` instead, which traces the
+    factor function once more.) A group that fails is recomputed without
+    vectorization (a loop of K backward passes for rule layers, of n K for the
+    Jacobian path; a RuntimeWarning names it) and checked again; if it still fails,
+    ValueError names its layer. Later calls pay nothing.
     """
 
-    def __init__(self, model, method, example):
+    def __init__(self, model, method, example, dtype=None):
         self.model = model
+        self.dtype = None if dtype is None else tf.as_dtype(dtype)
         trainable = list(model.trainable_variables)
         if not trainable:
             raise ValueError(f"Model {model.name!r} has no trainable variables: its NTK is zero.")
-        rules = rules_lib.find_rules(model) if method == "structured" else []
-        calls, self._positions, self.num_outputs = rules_lib.trace_calls(model, rules, example)
-        self._rules = [r for r in rules if calls[r.name] == 1]
-        self._chain = chain_lib.find(model, self._rules, example)
-        if self._chain is not None:
-            self._rules = self._chain
-        unused = {id(v) for r in rules if calls[r.name] == 0 for v in r.variables}
-        ruled = {id(v) for r in self._rules for v in r.variables}
-        self._jacobian_variables = [
-            v for v in trainable if id(v) not in ruled and id(v) not in unused
-        ]
+        rules = rules_lib.find_rules(model, grouped=True) if method == "structured" else []
+        calls, self._positions, self.num_outputs = rules_lib.trace_calls(model, rules, example[:1])
+        self.rules = [r for r in rules if calls[r.name] == 1]
+        self.chain = chain_lib.find(model, self.rules, example[:1])
+        if self.chain is not None:
+            self.rules = self.chain
+        ruled = {id(v) for r in self.rules for v in r.variables}
+        self._jacobian_variables = [v for v in trainable if id(v) not in ruled]
         self._jacobian_groups = collections.OrderedDict()
         for v in self._jacobian_variables:
             self._jacobian_groups.setdefault(_owner(v), []).append(v)
-        self.groups = [self._rule_group(r) for r in self._rules] + [
-            Group(name, "gradient") for name in self._jacobian_groups
+        self.groups = [self._rule_group(r) for r in self.rules] + [
+            Group(name, "gradient", variables=tuple(vs)) for name, vs in self._jacobian_groups.items()
         ]
+        self._vectorized_deltas = self._vectorized_jacobians = True
+        self.unvectorized = ()
         self._compiled = tf.function(lambda x: self.factors(x), reduce_retracing=True)
+        self._example = example
+        self._checked_groups = collections.OrderedDict()
+        chain = {r.name for r in self.chain or ()}
+        for group in self.groups:
+            if group.name not in chain:
+                self._checked_groups.setdefault(group.name, []).extend(group.variables)
+        self._check_lock = threading.Lock()
+        self._checked = not self._checked_groups
 
     def _rule_group(self, rule):
-        if self._positions[rule.name] == 1:
+        if self._positions[rule.name] == 1 and rule.groups == 1:
             return Group(
                 rule.name,
                 "factored",
                 rule.weight_scale**2 if rule.use_kernel else 0.0,
                 rule.bias_scale**2 if rule.use_bias else 0.0,
+                tuple(rule.variables),
             )
-        return Group(rule.name, "gradient")
+        return Group(rule.name, "gradient", variables=tuple(rule.variables))
 
     def factors(self, x):
         """Factors for x (n, ...), traced into the calling tf.function: see `__call__`."""
         factors = []
-        if self._chain is not None:
-            factors += [(a, delta) for _, a, delta in chain_lib.probe_chain(self.model, self._chain, x)]
-        elif self._rules:
-            _, probes = rules_lib.probe_layers(self.model, self._rules, x)
+        if self.chain is not None:
+            probes = chain_lib.probe_chain(self.model, self.chain, x, self.dtype)
+            factors += [(a, delta) for _, a, delta in probes]
+        elif self.rules:
+            _, probes = rules_lib.probe_layers(self.model, self.rules, x, self._vectorized_deltas)
             factors += [self._rule_factors(*probe) for probe in probes]
         if self._jacobian_variables:
-            jacobians = per_example_jacobians(self.model, self._jacobian_variables, x)
+            jacobians = per_example_jacobians(
+                self.model, self._jacobian_variables, x, self._vectorized_jacobians
+            )
             by_variable = {id(v): j for v, j in zip(self._jacobian_variables, jacobians)}
             for variables in self._jacobian_groups.values():
                 factors.append((tf.concat([by_variable[id(v)] for v in variables], axis=-1),))
         return factors
 
-    @staticmethod
-    def _rule_factors(rule, patches, delta):
+    def _rule_factors(self, rule, patches, delta):
         """Factors of one rule layer from patches (n, P, C) and delta (n, K, P, O)."""
-        if patches.shape[1] == 1:
+        if self._positions[rule.name] == 1 and rule.groups == 1:
             return patches[:, 0, :], delta[:, :, 0, :]
-        n, k = tf.shape(delta)[0], tf.shape(delta)[1]
-        grads = []
-        if rule.use_kernel:
-            g = tf.einsum("npc,nkpo->nkco", patches, delta) * rule.weight_scale
-            grads.append(tf.reshape(g, (n, k, -1)))
-        if rule.use_bias:
-            grads.append(tf.reduce_sum(delta, axis=2) * rule.bias_scale)
-        return (tf.concat(grads, axis=-1),)
+        return (rule.gradients(patches, delta),)
 
     def __call__(self, x):
         """Factors for x (n, ...): a list aligned with `groups`, tuples of tensors."""
+        if not self._checked:
+            with self._check_lock:
+                if not self._checked and tf.executing_eagerly():
+                    return self._checked_call(tf.convert_to_tensor(x))
+                if not self._checked:
+                    with tf.init_scope():
+                        self._checked_call(tf.constant(self._example))
         return self._compiled(x)
+
+    # -- the check of vectorized gradients -------------------------------------
+    def _checked_call(self, x):
+        """Factors of x (eager), checked on its first examples (see the class docstring)."""
+        m = min(2, x.shape[0])
+        computed = []
+
+        def blocks():
+            computed[:] = [self._compiled(x)]
+            first = [tuple(t[:m] for t in f) for f in computed[0]]
+            kernels = contract_lib.contract(self.groups, first, None, "full", tf.float64, True, True)
+            return {name: kernels[name].numpy() for name in self._checked_groups}
+
+        self.unvectorized = vectorization.check(
+            self.model, self._checked_groups, x[:m].numpy(), self.num_outputs, blocks, self._fall_back
+        )
+        self._checked = True
+        return computed[0]
+
+    def _fall_back(self, names):
+        """Compute the groups `names` (and those sharing their path) without vectorization."""
+        self._vectorized_deltas &= not any(r.name in names for r in self.rules)
+        self._vectorized_jacobians &= not any(name in self._jacobian_groups for name in names)
+        self._compiled = tf.function(lambda x: self.factors(x), reduce_retracing=True)
 
     def bytes_per_example(self, itemsize=4):
         """(factor bytes, working bytes) per example.
@@ -146,12 +228,12 @@ class FeatureMap:
         """
         k = self.num_outputs
         factor = working = 0
-        for rule in self._rules:
-            rows = math.prod(rule.layer.kernel.shape[:-1])
+        for rule in self.rules:
+            rows = math.prod(rule.layer.kernel.shape[:-1]) * rule.groups
             cols = rule.layer.kernel.shape[-1]
             positions = self._positions[rule.name]
             working += positions * (rows + (k + 2) * cols)
-            if positions == 1:
+            if positions == 1 and rule.groups == 1:
                 factor += rows + k * cols
             else:
                 factor += k * sum(math.prod(v.shape) for v in rule.variables)

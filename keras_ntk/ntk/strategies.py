@@ -1,0 +1,175 @@
+"""How the engine computes kernel blocks: the factor path and the vector-product path.
+
+`NTK` (empirical.py) plans tiles and assembles them; a strategy turns inputs into
+blocks of the requested output mode ("full" (n, m, K, K), "trace" (n, m),
+"diagonal" (n, K, K)) and dtype:
+
+  encode(x)                   per-chunk state, computed once per chunk and reused by
+                              every tile of that chunk;
+  block(rows, cols, symmetric)  the block of two encoded chunks (cols is ignored for
+                              "diagonal" and when `symmetric`, the block of rows with itself);
+  tile(x1, x2)                the block of raw inputs (one replica's share of the tiles).
+
+FactorStrategy ("structured", "jacobian"): per-example factors (features.FeatureMap)
+contracted into blocks (contract.py); memory O(factors) per example.
+VectorProductStrategy ("ntk_vp"): NTK-vector products with basis vectors
+(vector_products.py); no Jacobian is stored, a block of m columns costs m K products.
+"""
+
+import math
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+from keras_ntk.ntk import contract as contract_lib
+from keras_ntk.ntk import features as features_lib
+from keras_ntk.ntk import rules as rules_lib
+from keras_ntk.ntk import vector_products
+from keras_ntk.ntk import vectorization
+
+
+class FactorStrategy:
+    """Blocks from per-example factors.
+
+    Args:
+      model: a built Keras model with one output tensor.
+      method: "structured" or "jacobian" (see features.FeatureMap).
+      output, dtype, per_layer: as for `NTK`.
+      examples: (m, ...) with m = 1 or 2, for probing the model (features.FeatureMap;
+        its first call checks the vectorized gradients and states the cost).
+    Attributes:
+      feature_map: the features.FeatureMap.
+      num_outputs: K.
+      parts: number of Gram matrices summed per block (one per parameter group).
+      names: number of kernels returned per call (1, or layers + 1 with per_layer).
+    """
+
+    def __init__(self, model, method, output, dtype, per_layer, examples):
+        self.output, self.dtype, self.per_layer = output, dtype, per_layer
+        self.feature_map = features_lib.FeatureMap(model, method, examples, dtype)
+        self.num_outputs = self.feature_map.num_outputs
+        groups = self.feature_map.groups
+        self.parts = len(groups)
+        self.names = len({g.name for g in groups}) + 1 if per_layer else 1
+        self._contract = tf.function(
+            lambda f1, f2, symmetric: contract_lib.contract(
+                groups, f1, f2, output, dtype, per_layer, symmetric
+            ),
+            reduce_retracing=True,
+        )
+    def bytes_per_example(self):
+        """(bytes kept per encoded example, working bytes per example while encoding)."""
+        return self.feature_map.bytes_per_example(4)
+
+    def encode(self, x):
+        return self.feature_map(x)
+
+    def block(self, rows, cols, symmetric):
+        return self._contract(rows, None if symmetric else cols, symmetric)
+
+    def tile(self, x1, x2):
+        cols = None if self.output == "diagonal" else self.encode(x2)
+        return contract_lib.contract(
+            self.feature_map.groups, self.encode(x1), cols, self.output, self.dtype, self.per_layer
+        )
+
+
+class VectorProductStrategy:
+    """Blocks from NTK-vector products with basis vectors (no per-layer split).
+
+    Args:
+      model: a built Keras model with one output tensor.
+      output, dtype: as for `NTK`.
+      examples: (m, ...) with m = 1 or 2 examples of the first call.
+    Attributes:
+      num_outputs, parts, names: as for `FactorStrategy` (parts = names = 1).
+      unvectorized: whether the products run unvectorized because the check failed.
+
+    The first block checks the vectorized products once against unvectorized
+    gradients (vectorization.check: 2 m backward passes) on its first m rows,
+    reusing the block when it pairs x1 with itself; a first block of x1 against
+    x2 (or one traced into a distributed run) checks on `examples` instead, one
+    more m x m block. If they disagree, every block loops over the basis vectors.
+    """
+
+    def __init__(self, model, output, dtype, examples):
+        self.model, self.output, self.dtype = model, output, dtype
+        self.num_outputs = int(rules_lib.flat_outputs(model, examples[:1]).shape[1])
+        self.parts = self.names = 1
+        self.unvectorized = False
+        self._examples = examples
+        self._checked = False
+        self._check_lock = threading.Lock()
+        self._compile(vectorized=True)
+
+    def _compile(self, vectorized):
+        model = self.model
+        self._full = tf.function(
+            lambda a, b: vector_products.kernel_block(model, a, b, vectorized), reduce_retracing=True
+        )
+        self._diagonal = tf.function(
+            lambda a: vector_products.diagonal_block(model, a, vectorized), reduce_retracing=True
+        )
+
+    def _raw(self, rows, cols):
+        """Diagonal (n, K, K) or full (n, m, K, K) block in the model's dtype."""
+        return self._diagonal(rows) if self.output == "diagonal" else self._full(rows, cols)
+
+    def _checked_raw(self, rows, cols, symmetric):
+        """The first block, checking the products on its first rows (see the class docstring)."""
+        name = f"model {self.model.name!r}"
+        computed = []
+        if symmetric or self.output == "diagonal":
+            examples = rows[: min(2, rows.shape[0])]
+
+            def blocks():
+                computed[:] = [self._raw(rows, cols)]
+                m = examples.shape[0]
+                first = computed[0][:m] if self.output == "diagonal" else computed[0][:m, :m]
+                return {name: first.numpy()}
+
+        else:
+            examples = tf.constant(self._examples)
+
+            def blocks():
+                return {name: self._full(examples, examples).numpy()}
+
+        self.unvectorized = bool(
+            vectorization.check(
+                self.model,
+                {name: list(self.model.trainable_variables)},
+                np.asarray(examples),
+                self.num_outputs,
+                blocks,
+                lambda names: self._compile(vectorized=False),
+            )
+        )
+        self._checked = True
+        return computed[0] if computed else self._raw(rows, cols)
+
+    def bytes_per_example(self):
+        params = sum(math.prod(v.shape) for v in self.model.trainable_variables)
+        return 0, 4 * self.num_outputs * params * 4
+
+    def encode(self, x):
+        return x
+
+    def block(self, rows, cols, symmetric):
+        raw = None
+        if not self._checked:
+            with self._check_lock:
+                if not self._checked and tf.executing_eagerly():
+                    raw = self._checked_raw(rows, cols, symmetric)
+                elif not self._checked:
+                    with tf.init_scope():
+                        self._checked_raw(rows, cols, False)
+        if raw is None:
+            raw = self._raw(rows, cols)
+        out = tf.cast(raw, self.dtype)
+        if self.output == "trace":
+            return tf.reduce_mean(tf.linalg.diag_part(out), axis=-1)
+        return out
+
+    def tile(self, x1, x2):
+        return self.block(x1, x2, False)
