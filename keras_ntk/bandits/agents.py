@@ -167,7 +167,7 @@ class LaplaceUCB:
                                    agent.evidence_batch_size(count))
         agent.prior_precision, agent.noise_variance = tuned["prior_precision"], tuned["noise_variance"]
         refitted = posterior.refit(self.structure, agent.spec, agent.weights, agent.state,
-                                   agent.history["inputs"], count, agent.prior_precision, agent.noise_variance)
+                                   tf.convert_to_tensor(agent.history["inputs"]), count, agent.prior_precision, agent.noise_variance)
         return {**tuned, **refitted}
 
 
@@ -230,7 +230,7 @@ def _compiled(rule, spec):
     def update(weights, state, arms, cache, action, reward, t):
         rule.update(spec, weights, state, arms, cache, action, reward, t)
 
-    return tuple(tf.function(f, reduce_retracing=True) for f in (play, score, update))
+    return tf.function(play), tf.function(score), tf.function(update)
 
 
 class Agent:
@@ -361,7 +361,7 @@ class Agent:
         """Retrain on all rounds so far; returns a log dict (round, loss, and the
         Laplace agents' tuned hyperparameters and jitter)."""
         anchors, decay = self.rule.regularization(self)
-        loss = training.train(self.spec, self.weights, anchors, decay, self.history["inputs"],
-                              self.history["rewards"], self.rounds_played, steps=self.steps,
+        loss = training.train(self.spec, self.weights, anchors, decay, tf.convert_to_tensor(self.history["inputs"]),
+                              tf.convert_to_tensor(self.history["rewards"]), self.rounds_played, steps=self.steps,
                               learning_rate=self.learning_rate, optimizer=self.optimizer)
         return {"round": self.rounds_played, "loss": loss, **self.rule.after_training(self)}

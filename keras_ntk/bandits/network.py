@@ -61,6 +61,36 @@ class Spec:
         return self.context_dim + self.arms
 
 
+@keras.saving.register_keras_serializable(package="keras_ntk")
+class Columns(keras.layers.Layer):
+    """Columns start..stop-1 of (batch, features) inputs: (batch, stop - start)."""
+
+    def __init__(self, start, stop, **kwargs):
+        super().__init__(**kwargs)
+        self.start, self.stop = int(start), int(stop)
+
+    def call(self, inputs):
+        return inputs[:, self.start : self.stop]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.stop - self.start)
+
+    def get_config(self):
+        return {**super().get_config(), "start": self.start, "stop": self.stop}
+
+
+@keras.saving.register_keras_serializable(package="keras_ntk")
+class SelectedOutput(keras.layers.Layer):
+    """<heads, one_hot(a)>: the output of the arm coded in [heads (batch, A), code (batch, A)], (batch, 1)."""
+
+    def call(self, inputs):
+        heads, code = inputs
+        return keras.ops.sum(heads * code, axis=-1, keepdims=True)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], 1)
+
+
 def build_model(encoding, context_dim, arms, width, depth, *, parametrization="standard",
                 activation="relu", w_std=math.sqrt(2.0), b_std=0.1, seed=0):
     """The Keras reward network, (n, input_dim) -> (n, 1), initialized by `seed`.
@@ -88,11 +118,12 @@ def build_model(encoding, context_dim, arms, width, depth, *, parametrization="s
                                      name="reward_network", **common)
     else:
         inputs = keras.Input((context_dim + arms,))
-        h, select = inputs[:, :context_dim], inputs[:, context_dim:]
+        h = Columns(0, context_dim, name="context")(inputs)
+        select = Columns(context_dim, context_dim + arms, name="arm")(inputs)
         for i in range(depth):
             h = ntk_layers.Dense(width, activation=activation, name=f"dense_{i}", **common)(h)
         heads = ntk_layers.Dense(arms, name="readout", **common)(h)
-        outputs = keras.ops.sum(heads * select, axis=-1, keepdims=True)
+        outputs = SelectedOutput(name="selected_output")([heads, select])
         model = keras.Model(inputs, outputs, name="reward_network")
     dense = [layer for layer in model.layers if isinstance(layer, ntk_layers.Dense)]
     spec = Spec(encoding, context_dim, arms, tuple((l.weight_scale, l.bias_scale) for l in dense), activation)

@@ -173,7 +173,7 @@ def _compiled_curvature(structure, spec):
             for a, d in per_layer
         ]
 
-    return tf.function(curvature, reduce_retracing=True)
+    return tf.function(curvature)
 
 
 def refit(structure, spec, weights, state, inputs, count, prior_precision, noise_variance):

@@ -52,7 +52,7 @@ def _compiled_train(spec, optimizer):
                     w.assign_sub(rate * m / (tf.sqrt(v) + _EPSILON))
         return _objective(spec, weights, anchors, decay, inputs, rewards, mask)
 
-    return tf.function(train, reduce_retracing=True)
+    return tf.function(train)
 
 
 def train(spec, weights, anchors, decay, inputs, rewards, count, *, steps, learning_rate, optimizer="adam"):
