@@ -14,7 +14,7 @@ def feature_map(model, examples):
     Args:
       examples: (m, ...) inputs, m >= 1; the first two build and check the map.
     """
-    return features_lib.FeatureMap(model, "structured", tf.constant(examples[:2]))
+    return features_lib.FeatureMap(model, "structured", tf.constant(examples[:2]), dtype=tf.float64)
 
 
 def factors_of(features, x, chunk=CHUNK):
