@@ -1,7 +1,6 @@
 """Linearized Laplace against dense numpy references built from brute-force Jacobians
 (references.loop_jacobian: one tape.gradient call per example and output)."""
 
-
 import keras
 import numpy as np
 import pytest
