@@ -86,15 +86,19 @@ class GramSpectrum:
         This is numpy's matrix-rank tolerance; below it lambda_min is rounding
         noise and condition (i) does not hold in floating point.
         """
-        return self.lambda_min > self.size * np.finfo(np.float64).eps * self.lambda_max
+        return bool(self.lambda_min > self.size * np.finfo(np.float64).eps * self.lambda_max)
 
 
 def spectrum(gram):
-    """`GramSpectrum` of a symmetric matrix (n, n) (array or tensor), float64 eigvalsh."""
-    gram = np.asarray(gram, np.float64)
-    if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
-        raise ValueError(f"The Gram matrix must be square, got shape {gram.shape}.")
-    eigenvalues = np.linalg.eigvalsh(0.5 * (gram + gram.T))
+    """`GramSpectrum` of a symmetric matrix (n, n) (array or tensor), float64 eigvalsh.
+
+    TensorFlow's eigensolver, not numpy's: next to TensorFlow's thread pools,
+    OpenBLAS's threads can make numpy's 50 times slower on a few shared cores.
+    """
+    gram = tf.convert_to_tensor(gram, tf.float64)
+    if gram.shape.rank != 2 or gram.shape[0] != gram.shape[1]:
+        raise ValueError(f"The Gram matrix must be square, got shape {tuple(gram.shape)}.")
+    eigenvalues = tf.linalg.eigvalsh(0.5 * (gram + tf.transpose(gram))).numpy()
     smallest, largest = float(eigenvalues[0]), float(eigenvalues[-1])
     condition = largest / smallest if smallest > 0 else math.inf
     return GramSpectrum(smallest, largest, condition, gram.shape[0])
