@@ -7,7 +7,8 @@ import tensorflow as tf
 
 import keras_ntk
 from keras_ntk.ntk import rules
-from test_ntk_loop_reference import assert_close, loop_jacobian
+from references import loop_jacobian
+from test_ntk_loop_reference import assert_close
 
 RTOL = 1e-5
 

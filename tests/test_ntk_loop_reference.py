@@ -2,30 +2,15 @@
 
 tape.jacobian and tf.vectorized_map go through TensorFlow's automatic vectorization
 (pfor), which is wrong for some layers (grouped convolutions), so the reference here
-is a plain loop of tape.gradient calls, one per example and output.
+is references.loop_jacobian: a plain loop of tape.gradient calls, one per example
+and output.
 """
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-
-def loop_jacobian(model, x):
-    """J[i, k, p] = d f_k(x_i) / d theta_p (N, K, P) float64, theta = the trainable
-    variables in order, by one tape.gradient call per example and output."""
-    variables = [v.value for v in model.trainable_variables]
-    rows = []
-    for i in range(len(x)):
-        with tf.GradientTape(persistent=True) as tape:
-            f = tf.reshape(model(tf.constant(x[i : i + 1]), training=False), (-1,))
-            outputs = [f[k] for k in range(f.shape[0])]  # sliced under the tape
-        per_output = []
-        for f_k in outputs:
-            grads = tape.gradient(f_k, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            per_output.append(np.concatenate([np.ravel(g.numpy()).astype(np.float64) for g in grads]))
-        del tape
-        rows.append(per_output)
-    return np.array(rows)
+from references import loop_jacobian
 
 
 def loop_ntk(model, x):
