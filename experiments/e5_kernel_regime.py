@@ -1,11 +1,14 @@
-"""E5, distance to the kernel regime (PAPER.md, Experiments), for MLPs and CNNs.
+"""E5, distance to the kernel regime, for MLPs, CNNs and WideResNets.
 
 Per run (architecture, parametrization, depth, width, seed), on `examples`
 training inputs X with centered one-hot targets Y (N, K):
 
 - init distance  ||Theta_0 - Theta_inf||_F / ||Theta_inf||_F, trace kernels (N, N),
-  Theta_inf the analytic limit in the same parametrization (width-dependent in
-  the standard one);
+  Theta_inf = keras_ntk.infinite_width_kernel_fn(model), the limit of the same
+  model as every hidden width grows (width-dependent in the standard
+  parametrization). For WideResNets ("wrn", width = the width multiplier)
+  keras_ntk.models.wide_resnet keeps its stem convolution at 16 channels at
+  every multiplier, so their distance need not fall to 0 with the multiplier;
 - kernel change  ||Theta_T - Theta_0||_F / ||Theta_0||_F after T full-batch
   gradient-descent steps on 1/(2N) sum_i ||f(x_i) - y_i||^2 with learning rate
   step_fraction * 2N / lambda_max, lambda_max the largest eigenvalue of the full
@@ -15,7 +18,8 @@ training inputs X with centered one-hot targets Y (N, K):
   linearized network trained by the same steps.
 
 In the kernel regime all three fall like width^(-1/2) (log-log slope -1/2), and at
-fixed width they grow with depth.
+fixed width they grow with depth (MLPs and CNNs: hidden layers `depths`;
+WideResNets: depth `wrn_depth`).
 """
 
 from keras_ntk import _tf_quiet  # noqa: F401  (before TensorFlow: its start-up lines stay off the screen)
@@ -34,18 +38,28 @@ METRICS = (
 )
 
 
+ARCHITECTURES = ("mlp", "cnn", "wrn")
+
+
+def _widths(config, architecture):
+    return {"mlp": config.mlp_widths, "cnn": config.cnn_widths, "wrn": config.wrn_widths}[architecture]
+
+
+def _depths(config, architecture):
+    return (config.wrn_depth,) if architecture == "wrn" else config.depths
+
+
 def points(config):
     """The sweep: one dict per run, in the order they are computed."""
-    widths = {"mlp": config.mlp_widths, "cnn": config.cnn_widths}
     for architecture in config.architectures:
-        if architecture not in widths:
-            raise ValueError(f"architectures must be 'mlp' or 'cnn', got {architecture!r}.")
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"architectures must be among {ARCHITECTURES}, got {architecture!r}.")
     return [
         dict(architecture=a, parametrization=p, depth=d, width=w, seed=s)
         for a in config.architectures
         for p in config.parametrizations
-        for d in config.depths
-        for w in widths[a]
+        for d in _depths(config, a)
+        for w in _widths(config, a)
         for s in config.seeds
     ]
 
@@ -85,22 +99,15 @@ def _model_and_inputs(config, params, x_train, x_test, outputs):
         )
         return model, x_train, x_test
     shape = _image_shape(x_train.shape[1])
-    model = keras_ntk.models.cnn(
-        params["width"], params["depth"], outputs, input_shape=shape, pooling=config.cnn_pooling, **common
-    )
+    if params["architecture"] == "wrn":
+        model = keras_ntk.models.wide_resnet(
+            params["depth"], params["width"], outputs, input_shape=shape, **common
+        )
+    else:
+        model = keras_ntk.models.cnn(
+            params["width"], params["depth"], outputs, input_shape=shape, pooling=config.cnn_pooling, **common
+        )
     return model, x_train.reshape(-1, *shape), x_test.reshape(-1, *shape)
-
-
-def _infinite_kernel(config, params, x):
-    common = dict(
-        depth=params["depth"],
-        activation=config.activation,
-        parametrization=params["parametrization"],
-        width=params["width"],
-    )
-    if params["architecture"] == "mlp":
-        return keras_ntk.infinite_width_kernel(x, **common).numpy()
-    return keras_ntk.infinite_width_cnn_kernel(x, pooling=config.cnn_pooling, **common).numpy()
 
 
 def compute(config, data, params):
@@ -110,7 +117,7 @@ def compute(config, data, params):
     model, x, x_star = _model_and_inputs(config, params, x_train, x_test, y_train.shape[1])
     full_0 = keras_ntk.empirical_ntk(model, x, output="full").numpy().astype(np.float64)
     theta_0 = np.einsum("nmkk->nm", full_0) / full_0.shape[-1]
-    theta_inf = _infinite_kernel(config, params, x)
+    theta_inf = keras_ntk.infinite_width_kernel_fn(model)(x).numpy()
     flat = full_0.transpose(0, 2, 1, 3).reshape(n * full_0.shape[-1], -1)
     lambda_max = float(np.linalg.eigvalsh(flat)[-1])
     learning_rate = config.step_fraction * 2 * n / lambda_max
@@ -163,9 +170,10 @@ def _figure(config, summary, metric, label, directory):
     columns = min(2, len(panels))
     rows = -(-len(panels) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.9 * rows), squeeze=False)
-    colors = plt.get_cmap("viridis")(np.linspace(0, 0.85, len(config.depths)))
     for ax, (architecture, parametrization) in zip(axes.flat, panels):
-        for color, depth in zip(colors, config.depths):
+        depths = _depths(config, architecture)
+        colors = plt.get_cmap("viridis")(np.linspace(0, 0.85, len(depths)))
+        for color, depth in zip(colors, depths):
             widths, means, stds = summary[(architecture, parametrization, depth)][metric]
             slope = diagnostics.log_log_slope(widths, means) if len(widths) > 1 else float("nan")
             ax.errorbar(widths, means, yerr=stds, marker="o", color=color, capsize=3,
@@ -174,7 +182,7 @@ def _figure(config, summary, metric, label, directory):
         ax.plot(w, means[0] * (w / w[0]) ** -0.5, "k--", lw=1, label=r"width$^{-1/2}$")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("width (units or channels)")
+        ax.set_xlabel("width multiplier" if architecture == "wrn" else "width (units or channels)")
         ax.set_ylabel(label)
         ax.set_title(f"{architecture.upper()}, {parametrization} parametrization")
         ax.grid(True, which="both", alpha=0.3)
@@ -197,7 +205,7 @@ def report(config, data, records, directory, env):
             + [diagnostics.log_log_slope(w, m) if len(w) > 1 else float("nan")
                for w, m, _ in (metrics[k] for k, _, _ in METRICS)]
         )
-    for architecture in config.architectures:
+    for architecture in (a for a in config.architectures if a != "wrn"):  # WideResNets: one depth
         for parametrization in config.parametrizations:
             by_depth = [summary[(architecture, parametrization, d)]["init_distance"] for d in config.depths]
             for i, width in enumerate(by_depth[0][0]):

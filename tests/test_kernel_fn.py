@@ -19,6 +19,7 @@ from scipy import integrate, special, stats
 import keras_ntk
 from keras_ntk import layers as ntk_layers
 from keras_ntk.ntk.limits import dual
+from keras_ntk.ntk.limits import kernel_fn as kernel_fn_module
 from references import gaussian_expectation
 
 W, B = math.sqrt(2.0), 0.1
@@ -270,7 +271,7 @@ def _pooled_cnn():
     return keras.Model(inputs, ntk_layers.Dense(3, w_std=W, b_std=B)(h))
 
 
-def test_tiles_assemble_the_same_kernel_and_a_too_small_budget_fails_before_work():
+def test_tiles_assemble_the_same_kernel_and_a_too_small_budget_fails_before_work(monkeypatch):
     rng = np.random.default_rng(7)
     x1, x2 = rng.normal(size=(7, 5, 5, 2)), rng.normal(size=(5, 5, 5, 2))
     model = _pooled_cnn()
@@ -281,6 +282,8 @@ def test_tiles_assemble_the_same_kernel_and_a_too_small_budget_fails_before_work
     for a, b in ((x1, None), (x1, x2)):
         np.testing.assert_allclose(tiled(a, b).numpy(), whole(a, b).numpy(), rtol=1e-12)
     assert tiled(x1).numpy() == pytest.approx(tiled(x1).numpy().T)
+    monkeypatch.setattr(kernel_fn_module, "XLA_ENTRIES", 1)  # every tile compiled by XLA
+    np.testing.assert_allclose(tiled(x1, x2).numpy(), whole(x1, x2).numpy(), rtol=1e-12)
     tiny = keras_ntk.infinite_width_kernel_fn(model, memory_budget=one_pair // 2)
     with pytest.raises(keras_ntk.NTKMemoryError, match="kernel entries alive"):
         tiny(x1)
@@ -391,3 +394,38 @@ def test_shared_layers_bad_inputs_and_bad_get_are_errors():
         kernel_fn(np.full((2, 4), np.nan))
     with pytest.raises(ValueError, match="get must be"):
         kernel_fn(np.ones((2, 4)), get="gp")
+
+
+# -- where the kernel function is used: keras-ntk demo and E5 ----------------------------------
+@pytest.mark.slow
+def test_demo_reports_a_wide_resnets_distance_to_its_limit():
+    import io
+
+    from sklearn.datasets import load_digits
+
+    from keras_ntk import cli
+
+    out = io.StringIO()
+    distances = cli.demo([], [1], seeds=1, examples=4, out=out, wrn_widths=[1], wrn_examples=4)
+    images = load_digits().data[:4]
+    images = ((images - images.mean()) / images.std()).reshape(-1, 8, 8, 1).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    model = keras_ntk.models.wide_resnet(10, 1, 1, input_shape=(8, 8, 1))
+    limit = keras_ntk.infinite_width_kernel_fn(model)(images).numpy()
+    kernel = keras_ntk.empirical_ntk(model, images, output="trace", method="jacobian").numpy()
+    expected = np.linalg.norm(kernel - limit) / np.linalg.norm(limit)
+    assert distances["wrn"][0] == pytest.approx(expected, rel=1e-4)
+    assert "WideResNet-10" in out.getvalue() and f"{distances['wrn'][0]:.4f}" in out.getvalue()
+
+
+def test_e5_sweeps_wide_resnets_over_width_multipliers_at_one_depth():
+    from keras_ntk.experiments import configs, e5_kernel_regime
+
+    config = configs.override(
+        configs.preset("E5", "quick"),
+        {"architectures": "wrn", "wrn_widths": "1,3", "wrn_depth": "16", "parametrizations": "ntk", "seeds": "0"},
+    )
+    assert e5_kernel_regime.points(config) == [
+        dict(architecture="wrn", parametrization="ntk", depth=16, width=w, seed=0) for w in (1, 3)
+    ]
+    assert "wrn" in configs.preset("E5", "paper").architectures

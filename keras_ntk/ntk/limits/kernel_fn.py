@@ -10,6 +10,7 @@ from keras_ntk.ntk import memory
 from keras_ntk.ntk.limits import dual, program as program_lib
 
 GETS = ("nngp", "ntk")
+XLA_ENTRIES = 2**28  # kernel entries per tile from which XLA's compile time (~10 s) pays
 
 
 def _parse_get(get):
@@ -59,7 +60,15 @@ class KernelFn:
         self.progress = progress
         self.total_entries = program.total_entries
         self.peak_entries = program.peak_entries
-        self._tile = tf.function(self.program.evaluate)
+        self._graph = tf.function(self.program.evaluate, autograph=False)
+        self._compiled = tf.function(self.program.evaluate, jit_compile=True, autograph=False)
+
+    def _tile(self, a, b, ntk):
+        """One tile; compiled by XLA (which fuses the maps' elementwise passes: ~1.5x
+        faster on a CPU) once the tile is big enough to repay its compile time."""
+        rows, cols = a.shape[0], (a if b is None else b).shape[0]
+        large = rows * cols * self.total_entries >= XLA_ENTRIES
+        return (self._compiled if large else self._graph)(a, b, ntk)
 
     def _as_inputs(self, x, what):
         x = np.asarray(x, dtype=np.float64)
