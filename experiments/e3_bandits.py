@@ -1,4 +1,4 @@
-"""E3, neural contextual bandits (PAPER.md, Experiments): is NTK-theory exploration useful?
+"""E3, neural contextual bandits: is NTK-theory exploration useful?
 
 Each dataset becomes a bandit with one arm per class (reward 1 for the true class,
 so the regret is exactly the number of misclassified rounds;
