@@ -33,12 +33,16 @@ EPS32 = float(np.finfo(np.float32).eps)
 
 @contextlib.contextmanager
 def floatx(dtype):
-    previous = keras.config.floatx()
+    """Layers built inside take `dtype`. Keras caches its global dtype policy from floatx
+    the first time any layer is built, so the policy is set as well as floatx."""
+    previous, previous_policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)
     try:
         yield
     finally:
         keras.config.set_floatx(previous)
+        keras.config.set_dtype_policy(previous_policy)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +61,7 @@ def networks():
         keras.utils.set_random_seed(1)
         regressor = keras_ntk.models.mlp(6, 2, K, input_shape=(D,), b_std=0.5)
         classifier = keras_ntk.models.mlp(6, 1, CLASSES, input_shape=(D,), b_std=0.5)
+    assert {v.dtype for m in (regressor, classifier) for v in m.weights} == {"float64"}
     return {"regression": regressor, "classification": classifier}
 
 
@@ -217,7 +222,9 @@ def test_float32_network_within_float32_rounding(data):
     first order; the tolerance is 10 eps32 kappa relative to the largest entry."""
     x, y, _, x_test = (a.astype(np.float32) if a.dtype.kind == "f" else a for a in data)
     keras.utils.set_random_seed(2)
-    model = keras_ntk.models.mlp(6, 2, K, input_shape=(D,), b_std=0.5)
+    with floatx("float32"):
+        model = keras_ntk.models.mlp(6, 2, K, input_shape=(D,), b_std=0.5)
+    assert {v.dtype for v in model.weights} == {"float32"}
     delta, s2 = _per_layer_delta(model), 0.04
     laplace = Laplace(model, structure="full", prior_precision=delta, noise_variance=s2).fit((x, y))
     cov, _ = reference_posterior(model, "regression", "all", "full", x, y, x_test, delta, s2)
