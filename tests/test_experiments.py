@@ -1,4 +1,4 @@
-"""The experiment harness: configs, resumable sweeps, E1 and E5 runs and reports."""
+"""The experiment harness: configs, resumable sweeps, E5 runs and the whole quick reproduction."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import keras_ntk
-from keras_ntk.experiments import configs, e1_finite_vs_infinite, e5_kernel_regime, harness
+from keras_ntk.experiments import configs, e5_kernel_regime, harness
 from keras_ntk import diagnostics
 
 KERAS_NTK = [sys.executable, "-c", "import sys; from keras_ntk.cli import main; sys.exit(main())"]
@@ -28,17 +28,6 @@ def test_override_parses_every_field_type_and_names_unknown_fields():
         configs.override(config, {"width": "3"})
     with pytest.raises(ValueError, match="--mlp-widths.*comma-separated ints"):
         configs.override(config, {"mlp_widths": "8,x"})
-
-
-def test_settings_hold_the_shared_fields_and_not_the_sweep_axes():
-    config = configs.preset("E1", "quick")
-    settings = configs.settings(config)
-    assert "widths" not in settings and "seeds" not in settings
-    assert settings["steps"] == config.steps and settings["gap"] == list(config.gap)
-    paper = configs.preset("E1", "paper")
-    assert max(paper.widths) > max(config.widths)
-    with pytest.raises(ValueError, match="preset"):
-        configs.preset("E1", "huge")
 
 
 def test_sweep_computes_only_missing_runs_and_recomputes_changed_settings(tmp_path):
@@ -138,33 +127,6 @@ def test_e5_run_matches_an_independent_computation_of_its_metrics(tmp_path):
     assert 0 < result["kernel_change"] < 1 and 0 < result["linearization_error"] < 1
     initial_loss = 0.5 * np.sum((model(x).numpy() - y_train) ** 2) / 10
     assert result["train_loss"] < initial_loss
-
-
-def test_e1_run_fits_the_data_and_reports_the_kernel_regime_prediction(tmp_path):
-    config = configs.override(
-        configs.preset("E1", "quick"),
-        {"widths": "64", "parametrizations": "ntk", "seeds": "0", "train_points": "40", "grid_points": "30"},
-    )
-    data = e1_finite_vs_infinite.load_data(config)
-    x, y, grid = data
-    assert x.shape == (40, 1) and grid.shape == (30, 1)
-    low, high = config.gap
-    assert not np.any((x > low) & (x < high))
-    result = e1_finite_vs_infinite.compute(config, data, dict(parametrization="ntk", depth=2, width=64, seed=0))
-
-    kernel = dict(depth=2, parametrization="ntk", w_std=config.w_std, b_std=config.b_std)
-    k_xx = keras_ntk.infinite_width_kernel(x, **kernel).numpy()
-    k_gx = keras_ntk.infinite_width_kernel(grid, x, **kernel).numpy()
-    f0_grid = np.array(result["initial_prediction"])
-    f0_x = np.array(result["initial_train_prediction"])
-    expected = f0_grid + k_gx @ np.linalg.solve(k_xx + config.noise_std**2 * np.eye(40), y[:, 0] - f0_x)
-    np.testing.assert_allclose(result["kernel_regime_prediction"], expected, rtol=1e-6, atol=1e-6)
-    assert result["train_rmse"] < 2 * config.noise_std
-    assert np.all(np.array(result["laplace_std"]) > 0)
-    f = np.array(result["prediction"])
-    assert result["distance_to_kernel_regime"] == pytest.approx(
-        np.linalg.norm(f - expected) / np.linalg.norm(expected), rel=1e-5
-    )
 
 
 def _image_size(path):
