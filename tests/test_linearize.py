@@ -55,3 +55,28 @@ def test_linearized_training_tracks_the_wide_network():
     narrow, wide = _train_pair(32), _train_pair(2048)
     assert wide < 0.1, wide
     assert wide < 0.5 * narrow, (narrow, wide)
+
+
+def test_linearized_ntk_is_the_ntk_at_theta_0_for_every_theta_and_skips_frozen_layers():
+    """J_0 J_0^T from a loop of tape.gradient calls on the linearized model itself, after
+    moving theta; a frozen layer of the original network contributes nothing."""
+    from references import loop_jacobian
+
+    keras.utils.set_random_seed(2)
+    model = keras_ntk.models.mlp(6, 2, 2, input_shape=(3,))
+    model.get_layer("dense_0").trainable = False
+    x = np.random.default_rng(4).normal(size=(5, 3)).astype(np.float32)
+    linear = LinearizedModel(model)
+    count = len(linear.trainable_variables)
+    rng = np.random.default_rng(5)
+    for v in linear.theta:
+        v.assign(v.numpy() + 0.3 * rng.normal(size=v.shape).astype(np.float32))
+    j = loop_jacobian(linear, x)
+    expected = np.einsum("ikp,jlp->ijkl", j, j)
+    np.testing.assert_allclose(linear.ntk(x, output="full").numpy(), expected, rtol=1e-5,
+                               atol=1e-5 * np.abs(expected).max())
+    np.testing.assert_allclose(linear.ntk(x, x[:2], output="trace").numpy(),
+                               np.einsum("ijkk->ij", expected[:, :2]) / 2, rtol=1e-5,
+                               atol=1e-5 * np.abs(expected).max())
+    assert len(linear.trainable_variables) == count
+    assert count == len(model.trainable_variables) == 4
