@@ -12,6 +12,8 @@ Its configuration lives in configs/<name>.py (light to import, for `--help`);
 # Experiment name -> its module in this package; configs/<name lowercased>.py holds its Config.
 EXPERIMENTS = {
     "E1": "e1_finite_vs_infinite",
-    "E5": "e5_kernel_regime",
+    "E2": "e2_optimization",
+    "E3": "e3_bandits",
     "E4": "e4_continual",
+    "E5": "e5_kernel_regime",
 }

@@ -2,6 +2,7 @@
 the report's finding from the records, and the command with resumption."""
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -14,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 import keras_ntk
-from keras_ntk.experiments import configs, e2_optimization, harness, reporting
+from keras_ntk.experiments import configs, e2_optimization, reporting, runner
 from keras_ntk.experiments.configs import e2 as e2_config
 
 from test_diagnostics import loop_jacobian
@@ -104,38 +105,34 @@ def test_a_run_matches_an_independent_computation_of_its_numbers():
         assert curve["steps_to_threshold"] == (reached[0] if reached else None)
 
 
-def test_report_states_a_finding_computed_from_the_records(tmp_path):
-    config = configs.override(e2_config.Config(), {**TINY, "mlp_widths": "8,16", "ngd_steps": "2",
-                                                   "gd_steps": "4", "adam_steps": "4"})
-    data = e2_optimization.load_data(config)
-    points = e2_optimization.points(config)
-    records = harness.run_sweep("E2", points, configs.settings(config),
-                                lambda p: e2_optimization.compute(config, data, p),
-                                harness.RunStore(tmp_path / "runs"), out=open(os.devnull, "w"))
+def test_command_runs_e2_resumes_and_reports_a_finding_computed_from_the_records(tmp_path):
+    overrides = {**TINY, "mlp_widths": "8,16", "ngd_steps": "2", "gd_steps": "4", "adam_steps": "4"}
+    arguments = ["run", "E2", "--out", str(tmp_path)] + [
+        part for name, value in overrides.items() for part in (f"--{name.replace('_', '-')}", value)
+    ]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run(KERAS_NTK + arguments, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "[E2] [####################] 2/2" in done.stdout and "retracing" not in done.stderr
+    summary = json.loads((tmp_path / "E2" / "summary.json").read_text())
+    assert summary["finding"].startswith("Zhang et al.'s stability condition")
+    assert "(E2/report.md)" in (tmp_path / "index.md").read_text()
+    for stem in ("lambda_min", "stability_constant", "training_mlp_ntk_depth1"):
+        assert (tmp_path / "E2" / "figures" / f"{stem}.png").stat().st_size > 0
+
+    config = configs.override(configs.preset("E2", "quick"), overrides)
+    log = io.StringIO()
+    runner.run_experiment("E2", config, tmp_path, out=log)
+    assert "resuming: 2 of 2 runs already finished, 0 to go" in log.getvalue()
+
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "E2" / "runs").glob("*.json"))]
     results = [r["result"] for r in records]
     results[0]["stability_constant"], results[0]["jacobian_stable"] = 0.25, True  # the finding must follow
-    path, finding = e2_optimization.report(config, data, records, tmp_path, reporting.environment())
-    assert f"holds in 1 of {len(points)} runs" in finding
+    data = e2_optimization.load_data(config)
+    path, finding = e2_optimization.report(config, data, records, tmp_path / "edited", reporting.environment())
+    assert "holds in 1 of 2 runs" in finding
     reached = sum(r["curves"]["ngd"]["steps_to_threshold"] is not None for r in results)
     assert f"NGD (Gauss-Newton) in {reached} " in finding
     text = path.read_text()
     assert finding in text and "eta in [0.5, 1.0]" in text
-    for stem in ("lambda_min", "stability_constant", "training_mlp_ntk_depth1"):
-        assert (tmp_path / "figures" / f"{stem}.png").stat().st_size > 0
-
-
-def test_command_runs_e2_and_resumes(tmp_path):
-    arguments = ["run", "E2", "--out", str(tmp_path)] + [
-        part for name, value in {**TINY, "mlp_widths": "8,16", "gd_steps": "4", "adam_steps": "4"}.items()
-        for part in (f"--{name.replace('_', '-')}", value)
-    ]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    first = subprocess.run(KERAS_NTK + arguments, capture_output=True, text=True, timeout=600, env=env)
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert "[E2] [####################] 2/2" in first.stdout and "retracing" not in first.stderr
-    second = subprocess.run(KERAS_NTK + arguments, capture_output=True, text=True, timeout=600, env=env)
-    assert second.returncode == 0 and "resuming: 2 of 2 runs already finished, 0 to go" in second.stdout
-    summary = json.loads((tmp_path / "E2" / "summary.json").read_text())
-    assert summary["finding"].startswith("Zhang et al.'s stability condition")
-    assert "(E2/report.md)" in (tmp_path / "index.md").read_text()
     assert configs.preset("E2", "paper").dataset == "cifar10"
