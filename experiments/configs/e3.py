@@ -34,14 +34,14 @@ class Config:
 
     AXES: typing.ClassVar = ("datasets", "widths", "seeds", "agents", "gamma_grid")
     datasets: tuple[str, ...] = ("wine",)
-    widths: tuple[int, ...] = (16, 64, 256)
+    widths: tuple[int, ...] = (16, 64, 128)
     seeds: tuple[int, ...] = (0, 1, 2)
     agents: tuple[str, ...] = AGENTS
-    gamma_grid: tuple[float, ...] = (0.1, 1.0, 10.0)
+    gamma_grid: tuple[float, ...] = (0.01, 0.1, 1.0)
     depth: int = 1
     encoding: str = "disjoint"
     rounds: int = 300
-    retrain_every: int = 60
+    retrain_every: int = 100
     train_steps: int = 50
     learning_rate: float = 1e-2
     optimizer: str = "adam"
@@ -62,8 +62,8 @@ class Config:
     laplace_beta: float = 1.0
     prior_precision: float = 1.0
     noise_variance: float = 0.25
-    evidence_steps: int = 5
-    evidence_learning_rate: float = 0.3
+    evidence_steps: int = 3
+    evidence_learning_rate: float = 0.5
     exact_max_parameters: int = 1500
     data_dir: str = ""
     image_pool: int = 1

@@ -238,7 +238,8 @@ class Agent:
 
     Args:
       rule: an exploration rule (`Greedy`, `NeuralUCB`, `NeuralTS`, `LaplaceUCB`,
-        `LaplaceTS`) or a name in RULES; theory-set gamma / nu when `theory` is given.
+        `LaplaceTS`; RULES[name](constants) builds one by name); NeuralUCB / NeuralTS
+        built with `theory.TheoryConstants` use the theory's gamma_t / nu_t.
       model, spec: the reward network (`network.build_model`).
       rounds: T, the history's capacity.
       retrain_every: k; the Laplace posterior holds up to k conditioned rounds.
@@ -250,6 +251,8 @@ class Agent:
       evidence_steps, evidence_learning_rate: `Laplace.optimize_hyperparameters` at
         each retraining.
       exact_max_parameters: the largest P for which Z^-1 may be kept exactly.
+      evidence_max_rows: rows per batch of `Laplace.fit` (None: all rounds in one
+        batch; set it when the per-example Jacobians of all rounds do not fit in memory).
       seed: of the Thompson draws.
     """
 
