@@ -33,6 +33,7 @@ class Affine:
     a dense layer applied per position; s_w = n g_w^2 E[W^2] and s_b = g_b^2 E[b^2]
     the forward variances (n the fan-in); t_w = n g_w^2 and t_b = g_b^2 the
     layer's own share of the NTK when its kernel / bias are trainable, else 0.
+    T includes the input's self share alpha K (state.Layout), which ends here.
 
     Attributes:
       conv: (kernel_size, strides, dilation, padding) of a convolution, None for dense.

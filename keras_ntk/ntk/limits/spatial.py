@@ -16,9 +16,6 @@ import math
 
 import tensorflow as tf
 
-MODES = ("flat", "diag", "pairs")
-PADDINGS = ("valid", "same")
-
 
 def output_length(length, window, stride, dilation, padding):
     """Output length of a TensorFlow convolution / pooling along one axis."""
