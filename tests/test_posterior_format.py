@@ -70,7 +70,7 @@ def _corrupt(path, change):
         (lambda p: _corrupt(p, lambda m: m.update(format_version=99)), "upgrade keras-ntk"),
         (lambda p: _corrupt(p, lambda m: m.update(posterior="svgp")), "not one of"),
         (lambda p: _corrupt(p, lambda m: m.pop("likelihood")), "lacks 'likelihood'"),
-        (lambda p: _corrupt(p, lambda m: m.update(input_shape=[5])), "takes inputs"),
+        (lambda p: _corrupt(p, lambda m: m.update(input_shape=[5])), "says input_shape"),
         (lambda p: (p / "model.keras").write_bytes(b"not a zip"), "could not be loaded safely"),
         (lambda p: (p / "posterior.npz").write_bytes(b"not a zip"), "could not be read"),
     ],

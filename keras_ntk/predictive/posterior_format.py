@@ -24,6 +24,13 @@ puts it in place atomically (keras_ntk.atomic.staged_directory): a reader sees
 the old complete posterior or the new one. `load` checks the files and the
 metadata before reading anything else and loads model.keras with Keras
 safe_mode=True (no arbitrary code) and without compiling.
+
+What is loaded is what was saved: posterior.npz also holds RECORD_KEY, the JSON
+of the metadata entries that describe the posterior (posterior, likelihood,
+structure, shapes, dtypes, parameter count and the posterior's own entries), and
+`load` refuses metadata whose entries disagree with it or with the loaded model.keras
+(its shapes, dtypes and trainable parameter count). Directories written before
+the record existed are checked against the model only.
 """
 
 import dataclasses
@@ -45,6 +52,9 @@ FILES = (MODEL_FILE, STATE_FILE, METADATA_FILE)
 POSTERIORS = ("laplace", "ntk_gp")
 LIKELIHOODS = ("regression", "classification")
 REQUIRED_KEYS = ("posterior", "likelihood", "structure", "input_shape", "output_shape")
+RECORD_KEY = "format/record"  # posterior.npz entry: JSON of the metadata entries the state was saved with
+MODEL_KEYS = ("input_shape", "output_shape", "input_dtype", "output_dtype", "parameters")
+UNRECORDED_KEYS = ("format", "format_version", "has_model", "keras_ntk", "tensorflow", "keras", "saved_at")
 
 
 class CorruptPosterior(ValueError):
@@ -59,6 +69,17 @@ class SavedPosterior:
     metadata: dict
     state: dict
     model: object
+
+
+def _model_entries(model):
+    """The MODEL_KEYS entries of a Keras model: one example's shapes, dtypes, trainable values."""
+    return dict(
+        input_shape=list(model.input_shape[1:]),
+        output_shape=list(model.output_shape[1:]),
+        input_dtype=str(model.inputs[0].dtype),
+        output_dtype=str(model.outputs[0].dtype),
+        parameters=int(sum(math.prod(v.shape) for v in model.trainable_variables)),
+    )
 
 
 def _schema_entries(posterior, likelihood, structure, model, input_shape, output_shape):
@@ -80,13 +101,7 @@ def _schema_entries(posterior, likelihood, structure, model, input_shape, output
         "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     if model is not None:
-        entries.update(
-            input_shape=list(model.input_shape[1:]),
-            output_shape=list(model.output_shape[1:]),
-            input_dtype=str(model.inputs[0].dtype),
-            output_dtype=str(model.outputs[0].dtype),
-            parameters=int(sum(math.prod(v.shape) for v in model.trainable_variables)),
-        )
+        entries.update(_model_entries(model))
     else:
         entries.update(input_shape=list(input_shape), output_shape=list(output_shape))
     return entries
@@ -137,6 +152,10 @@ def save(
             raise ValueError(f"Metadata entries {clashes} are already set by the posterior format; rename them.")
         metadata.update(source)
     text = json.dumps(metadata, indent=2)
+    if RECORD_KEY in state:
+        raise ValueError(f"State entry {RECORD_KEY!r} is the posterior format's; rename it.")
+    recorded = {k: v for k, v in metadata.items() if k not in UNRECORDED_KEYS and k not in (extra or {})}
+    state = {**state, RECORD_KEY: np.array(json.dumps(recorded, sort_keys=True))}
     with atomic.staged_directory(directory) as staging:
         if model is not None:
             model.save(staging / MODEL_FILE)
@@ -200,11 +219,31 @@ def _load_model(directory, metadata):
         raise CorruptPosterior(f"{path} could not be loaded safely: {error}") from None
     if len(model.inputs) != 1 or len(model.outputs) != 1 or math.prod(model.output_shape[1:]) < 1:
         raise CorruptPosterior(f"{path} must have one input and one output tensor.")
-    if list(model.input_shape[1:]) != list(metadata["input_shape"]):
-        raise CorruptPosterior(
-            f"{path} takes inputs {list(model.input_shape[1:])} but {METADATA_FILE} says {metadata['input_shape']}."
-        )
+    actual = _model_entries(model)
+    for key in MODEL_KEYS:
+        if key in metadata and metadata[key] != actual[key]:
+            raise CorruptPosterior(
+                f"{METADATA_FILE} in {directory} says {key} {metadata[key]!r} but {MODEL_FILE} has {actual[key]!r}: "
+                "the metadata does not describe this model; export the posterior again."
+            )
     return model
+
+
+def _check_record(directory, metadata, state):
+    """Pop RECORD_KEY from `state` and refuse metadata whose entries disagree with it
+    (an absent entry is left to the loaders' defaults for older writers)."""
+    if RECORD_KEY not in state:  # written before the record existed
+        return
+    try:
+        recorded = json.loads(str(state.pop(RECORD_KEY)))
+    except (ValueError, TypeError) as error:
+        raise CorruptPosterior(f"{directory / STATE_FILE} has an unreadable {RECORD_KEY!r}: {error}") from None
+    for key, value in sorted(recorded.items()):
+        if key in metadata and json.dumps(metadata[key], sort_keys=True) != json.dumps(value, sort_keys=True):
+            raise CorruptPosterior(
+                f"{METADATA_FILE} in {directory} says {key} {metadata.get(key)!r} but {STATE_FILE} was saved with "
+                f"{value!r}: the metadata does not describe this posterior; export the posterior again."
+            )
 
 
 def load(directory, posterior, model=None):
@@ -218,7 +257,8 @@ def load(directory, posterior, model=None):
       a SavedPosterior.
     Raises:
       CorruptPosterior: see `read_metadata`; another posterior kind; model.keras or
-        posterior.npz unreadable.
+        posterior.npz unreadable; metadata that disagrees with the model or with the
+        entries posterior.npz was saved with.
     """
     directory = pathlib.Path(directory)
     metadata = read_metadata(directory)
@@ -231,4 +271,5 @@ def load(directory, posterior, model=None):
             state = {name: archive[name] for name in archive.files}
     except (OSError, ValueError) as error:
         raise CorruptPosterior(f"{directory / STATE_FILE} could not be read: {error}") from None
+    _check_record(directory, metadata, state)
     return SavedPosterior(metadata, state, model)
