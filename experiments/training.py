@@ -12,6 +12,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_ntk import traced
+
 
 def train_full_batch(
     model,
@@ -106,8 +108,8 @@ class _AnchoredSquaredLoss:
         self.sizes = [math.prod(s) for s in self.shapes]
         self.non_trainable = [tf.constant(v.numpy()) for v in model.non_trainable_variables]
         self.theta_0 = tf.constant(np.concatenate([v.numpy().ravel() for v in model.trainable_variables]))
-        self.value_and_gradient = tf.function(self._value_and_gradient)
-        self.newton_step = tf.function(self._newton_step)
+        self.value_and_gradient = traced.per_object(self._value_and_gradient)
+        self.newton_step = traced.per_object(self._newton_step)
 
     def unflatten(self, theta):
         return [tf.reshape(part, shape) for part, shape in zip(tf.split(theta, self.sizes), self.shapes)]

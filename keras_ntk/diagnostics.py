@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_ntk import traced
 from keras_ntk.ntk import empirical_ntk
 
 # The theory's bound on the stability constant: condition (ii) needs C <= 1/2.
@@ -143,7 +144,7 @@ def _difference_products(model):
             u = [a - b for a, b in zip(vjp(theta, x, v), vjp(theta_ref, x, v))]
             return tf.cast(jvp(theta, x, u) - jvp(theta_ref, x, u), tf.float64)
 
-        _PRODUCTS[model] = tf.function(product, reduce_retracing=True)
+        _PRODUCTS[model] = traced.per_object(product, reduce_retracing=True)
     return _PRODUCTS[model]
 
 

@@ -46,6 +46,7 @@ import collections
 import keras
 import tensorflow as tf
 
+from keras_ntk import traced
 from keras_ntk import diagnostics
 
 LOSSES = ("squared_error", "categorical_crossentropy")
@@ -191,7 +192,7 @@ class NaturalGradient:
         self.damping = tf.Variable(damping, dtype=tf.float64, trainable=False, name="damping")
         self.learning_rate = tf.Variable(learning_rate, dtype=tf.float64, trainable=False, name="learning_rate")
         self._loss = _LOSS_CLASSES[loss]
-        self._compiled_step = tf.function(self.apply, reduce_retracing=True)
+        self._compiled_step = traced.per_object(self.apply, reduce_retracing=True)
 
     # -- pieces of the step -----------------------------------------------------
     def per_example_loss(self, outputs, y, sample_weight=None):

@@ -27,11 +27,11 @@ shapes), so runs of the same shapes share one trace.
 from keras_ntk import _tf_quiet  # noqa: F401  (before TensorFlow: its start-up lines stay off the screen)
 import dataclasses
 import functools
-import math
 
 import numpy as np
 import tensorflow as tf
 
+from keras_ntk import traced
 from keras_ntk.bandits import environment, gram, network, posterior, theory, training
 
 F64 = tf.float64
@@ -230,7 +230,7 @@ def _compiled(rule, spec):
     def update(weights, state, arms, cache, action, reward, t):
         rule.update(spec, weights, state, arms, cache, action, reward, t)
 
-    return tf.function(play), tf.function(score), tf.function(update)
+    return traced.per_object(play), traced.per_object(score), traced.per_object(update)
 
 
 class Agent:

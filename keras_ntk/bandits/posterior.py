@@ -40,6 +40,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from keras_ntk import traced
 from keras_ntk.bandits import network
 from keras_ntk.predictive import Laplace, factorize
 
@@ -173,7 +174,7 @@ def _compiled_curvature(structure, spec):
             for a, d in per_layer
         ]
 
-    return tf.function(curvature)
+    return traced.per_object(curvature)
 
 
 def refit(structure, spec, weights, state, inputs, count, prior_precision, noise_variance):

@@ -17,6 +17,7 @@ import functools
 
 import tensorflow as tf
 
+from keras_ntk import traced
 from keras_ntk.bandits import network
 
 OPTIMIZERS = ("adam", "gd")
@@ -52,7 +53,7 @@ def _compiled_train(spec, optimizer):
                     w.assign_sub(rate * m / (tf.sqrt(v) + _EPSILON))
         return _objective(spec, weights, anchors, decay, inputs, rewards, mask)
 
-    return tf.function(train)
+    return traced.per_object(train)
 
 
 def train(spec, weights, anchors, decay, inputs, rewards, count, *, steps, learning_rate, optimizer="adam"):

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_ntk import traced
 from keras_ntk.ntk import contract as contract_lib
 from keras_ntk.ntk import memory
 from keras_ntk.ntk import rules as rules_lib
@@ -230,7 +231,7 @@ class NTK:
         with self._lock:
             if self._devices is None:
                 replicas = tf.distribute.MirroredStrategy(devices)
-                run = tf.function(lambda rows, cols: replicas.run(self.strategy.tile, args=(rows, cols)))
+                run = traced.per_object(lambda rows, cols: replicas.run(self.strategy.tile, args=(rows, cols)))
                 self._devices = (replicas, run)
         replicas, run = self._devices
         count = len(devices)

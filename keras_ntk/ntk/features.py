@@ -26,6 +26,7 @@ import threading
 
 import tensorflow as tf
 
+from keras_ntk import traced
 from keras_ntk.ntk import chain as chain_lib
 from keras_ntk.ntk import contract as contract_lib
 from keras_ntk.ntk import rules as rules_lib
@@ -138,7 +139,7 @@ class FeatureMap:
         ]
         self._vectorized_deltas = self._vectorized_jacobians = True
         self.unvectorized = ()
-        self._compiled = tf.function(lambda x: self.factors(x), reduce_retracing=True)
+        self._compiled = traced.per_object(self.factors, reduce_retracing=True)
         self._example = example
         self._checked_groups = collections.OrderedDict()
         chain = {r.name for r in self.chain or ()}
@@ -216,7 +217,7 @@ class FeatureMap:
         """Compute the groups `names` (and those sharing their path) without vectorization."""
         self._vectorized_deltas &= not any(r.name in names for r in self.rules)
         self._vectorized_jacobians &= not any(name in self._jacobian_groups for name in names)
-        self._compiled = tf.function(lambda x: self.factors(x), reduce_retracing=True)
+        self._compiled = traced.per_object(self.factors, reduce_retracing=True)
 
     def bytes_per_example(self, itemsize=4):
         """(factor bytes, working bytes) per example.

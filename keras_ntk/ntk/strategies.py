@@ -22,6 +22,7 @@ import threading
 import numpy as np
 import tensorflow as tf
 
+from keras_ntk import traced
 from keras_ntk.ntk import contract as contract_lib
 from keras_ntk.ntk import features as features_lib
 from keras_ntk.ntk import rules as rules_lib
@@ -52,7 +53,7 @@ class FactorStrategy:
         groups = self.feature_map.groups
         self.parts = len(groups)
         self.names = len({g.name for g in groups}) + 1 if per_layer else 1
-        self._contract = tf.function(
+        self._contract = traced.per_object(
             lambda f1, f2, symmetric: contract_lib.contract(
                 groups, f1, f2, output, dtype, per_layer, symmetric
             ),
@@ -105,10 +106,10 @@ class VectorProductStrategy:
 
     def _compile(self, vectorized):
         model = self.model
-        self._full = tf.function(
+        self._full = traced.per_object(
             lambda a, b: vector_products.kernel_block(model, a, b, vectorized), reduce_retracing=True
         )
-        self._diagonal = tf.function(
+        self._diagonal = traced.per_object(
             lambda a: vector_products.diagonal_block(model, a, vectorized), reduce_retracing=True
         )
 

@@ -9,6 +9,7 @@ import weakref
 
 import tensorflow as tf
 
+from keras_ntk import traced
 from keras_ntk.ntk import rules as rules_lib
 
 
@@ -72,7 +73,7 @@ def _compiled_product(model):
             out = tf.map_fn(lambda c: _product(model, x, x, c), columns)
             return tf.transpose(out, (1, 2, 0))
 
-        _COMPILED[model] = tf.function(product, reduce_retracing=True)
+        _COMPILED[model] = traced.per_object(product, reduce_retracing=True)
     return _COMPILED[model]
 
 

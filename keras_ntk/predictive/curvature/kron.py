@@ -4,6 +4,7 @@ import collections
 
 import tensorflow as tf
 
+from keras_ntk import traced
 from keras_ntk.ntk import rules as rules_lib
 from keras_ntk.predictive.curvature import base
 from keras_ntk.predictive.curvature.diagonal import DiagonalCurvature
@@ -91,7 +92,7 @@ class KronCurvature(base.Curvature):
         self.g = {r.name: 0.0 for r in self.rules}
         self.count = {r.name: 0.0 for r in self.rules}
         self.eigen = {}
-        self._probes = tf.function(self.probes, reduce_retracing=True)
+        self._probes = traced.per_object(self.probes, reduce_retracing=True)
 
     @staticmethod
     def _covers(rule, variables):
