@@ -136,3 +136,32 @@ def test_command_runs_e2_resumes_and_reports_a_finding_computed_from_the_records
     text = path.read_text()
     assert finding in text and "eta in [0.5, 1.0]" in text
     assert configs.preset("E2", "paper").dataset == "cifar10"
+
+
+def test_the_paper_preset_reads_cifar10_from_local_files_and_names_the_missing_ones(tmp_path, monkeypatch):
+    """Without the files and without a network, the paper preset's data fails with the
+    file names and where to put them, not a bare traceback; with the batches in the
+    Keras cache (written here as the pickles CIFAR-10's python version ships) it reads them."""
+    import os
+    import pickle
+
+    from keras_ntk.data import sources
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(sources, "network_available", lambda *args, **kwargs: False)
+    paper = configs.preset("E2", "paper")
+    with pytest.raises(FileNotFoundError, match=r"CIFAR-10 not found.*cifar-10-python.tar.gz.*data_batch_1.*test_batch"):
+        e2_optimization.load_data(paper)
+
+    directory = tmp_path / "datasets" / "cifar-10-batches-py"
+    os.makedirs(directory)
+    rng = np.random.default_rng(0)
+    labels = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        pixels = rng.integers(0, 256, size=(40, 3072), dtype=np.uint8)
+        labels[name] = list(rng.integers(0, 10, size=40))
+        with open(directory / name, "wb") as f:
+            pickle.dump({b"data": pixels, b"labels": labels[name]}, f)
+    x, y = e2_optimization.load_data(paper)
+    assert x.shape == (paper.examples, 32, 32, 3) and y.shape == (paper.examples, 10)
+    np.testing.assert_allclose(y.sum(axis=1), 0.0, atol=1e-6)  # centered one-hot targets

@@ -64,3 +64,25 @@ def test_a_tiny_run_reports_means_standard_errors_and_the_tuned_scale_and_resume
     again = io.StringIO()
     runner.run_experiment("E3", config, tmp_path, out=again)
     assert "16 of 16 runs already finished, 0 to go" in again.getvalue()
+
+
+def test_the_paper_preset_reads_local_files_and_names_the_missing_ones(tmp_path, monkeypatch):
+    """No UCI table or MNIST file on the machine and no network: the paper preset's data
+    fails naming the file and where to fetch it; a covtype.data put in --data-dir is read."""
+    from keras_ntk.data import sources
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(sources, "network_available", lambda *args, **kwargs: False)
+    paper = configs.preset("E3", "paper")
+    with pytest.raises(FileNotFoundError, match=r"covertype bandit needs the UCI file covtype\.data.*"
+                                               r"archive\.ics\.uci\.edu.*covtype\.data\.gz.*gunzip"):
+        e3_bandits.load_data(paper)
+    with pytest.raises(FileNotFoundError, match=r"MNIST not found.*mnist\.npz"):
+        e3_bandits.load_data(configs.override(paper, {"datasets": "mnist"}))
+
+    rows = [[i % 5, (i * 7) % 3, 0.5 * i, 1 + i % 7] for i in range(21)]  # 3 features, label 1..7
+    (tmp_path / "covtype.data").write_text("\n".join(",".join(str(v) for v in r) for r in rows) + "\n")
+    x, y = e3_bandits.load_data(configs.override(paper, {"datasets": "covertype", "data_dir": str(tmp_path)}))[
+        "covertype"]
+    assert x.shape == (21, 3) and sorted(set(y.tolist())) == list(range(7))
+    np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=1e-6)  # standardized per column

@@ -148,6 +148,7 @@ def _tiny_cli_arguments(out):
             "--probe-examples", "4"]
 
 
+@pytest.mark.slow  # 21 s; the harness's kill-and-resume is also checked on E5 in `make test`
 def test_killed_e4_sweep_resumes_without_losing_finished_runs(tmp_path):
     runs = tmp_path / "E4" / "runs"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -169,3 +170,18 @@ def test_killed_e4_sweep_resumes_without_losing_finished_runs(tmp_path):
     assert len(after) == 6
     assert all(after[name] == text for name, text in finished.items())
     assert (tmp_path / "E4" / "report.md").exists() and "(E4/report.md)" in (tmp_path / "index.md").read_text()
+
+
+def test_the_paper_preset_reads_local_files_and_names_the_missing_ones(tmp_path, monkeypatch):
+    """No MNIST or CIFAR-100 files and no network: the paper preset's streams fail naming
+    the files to fetch and where to put them (not a silent fall-back to bundled data)."""
+    from keras_ntk.data import sources
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(sources, "network_available", lambda *args, **kwargs: False)
+    paper = configs.preset("E4", "paper")
+    assert (paper.mlp_dataset, paper.wrn_dataset) == ("mnist", "cifar100")
+    with pytest.raises(FileNotFoundError, match=r"MNIST not found.*mnist\.npz"):
+        e4_continual.load_data(paper)
+    with pytest.raises(FileNotFoundError, match=r"CIFAR-100 not found.*cifar-100-python.*train.*test"):
+        e4_continual.load_data(configs.override(paper, {"architectures": "wrn"}))
