@@ -131,6 +131,8 @@ def test_command_runs_e2_resumes_and_reports_a_finding_computed_from_the_records
     data = e2_optimization.load_data(config)
     path, finding = e2_optimization.report(config, data, records, tmp_path / "edited", reporting.environment())
     assert "holds in 1 of 2 runs" in finding
+    widths = [r["params"]["width"] for r in records if r["result"]["jacobian_stable"]]
+    assert ("in every run mlp from width 16 up" if widths == [16] else "in every run mlp at no swept width") in finding
     reached = sum(r["curves"]["ngd"]["steps_to_threshold"] is not None for r in results)
     assert f"NGD (Gauss-Newton) in {reached} " in finding
     text = path.read_text()
@@ -165,3 +167,17 @@ def test_the_paper_preset_reads_cifar10_from_local_files_and_names_the_missing_o
     x, y = e2_optimization.load_data(paper)
     assert x.shape == (paper.examples, 32, 32, 3) and y.shape == (paper.examples, 10)
     np.testing.assert_allclose(y.sum(axis=1), 0.0, atol=1e-6)  # centered one-hot targets
+
+
+def test_the_width_from_which_the_stability_condition_holds_in_every_run():
+    """By hand: mlp widths 32 (one run unstable), 256 (stable), 1024 (stable) -> from 256;
+    cnn 8 (stable), 32 (one of two unstable) -> a stable narrow width does not count once
+    a wider one fails, so none; a width that is stable in every run at the top -> itself."""
+    def record(architecture, width, stable):
+        return {"params": {"architecture": architecture, "width": width}, "result": {"jacobian_stable": stable}}
+
+    records = [record("mlp", 32, True), record("mlp", 32, False), record("mlp", 1024, True),
+               record("mlp", 256, True), record("cnn", 8, True), record("cnn", 32, True),
+               record("cnn", 32, False)]
+    assert e2_optimization._stable_from(records) == {"mlp": 256, "cnn": None}
+    assert e2_optimization._stable_from(records[:4] + [record("cnn", 64, True)]) == {"mlp": 256, "cnn": 64}
