@@ -6,7 +6,10 @@ do not load TensorFlow):
   keras_ntk.models        mlp, cnn, wide_resnet builders
   keras_ntk.data          MNIST, Fashion-MNIST, CIFAR, scikit-learn and UCI loaders, task streams
   keras_ntk.predictive    NTK-GP / NNGP posteriors, GD dynamics, linearized Laplace
-  keras_ntk.diagnostics   kernel distances, scaling fits
+  keras_ntk.optimizers    natural gradient (damped Gauss-Newton) steps and a Keras Model wrapper for fit
+  keras_ntk.diagnostics   kernel distances, scaling fits, Gram spectra, Jacobian stability (C') and its callback
+  keras_ntk.bandits       contextual bandits from classification data; NeuralUCB/TS, Laplace UCB/TS agents
+  keras_ntk.continual     continual-learning metrics (accuracy matrix, forgetting), multi-head losses, callbacks
   keras_ntk.serving       gRPC service for exported posteriors
   keras_ntk.experiments   the paper's experiments as resumable sweeps
   LinearizedModel         f0 + J0 (theta - theta0) as a trainable Keras model

@@ -250,3 +250,12 @@ def test_models_without_trainable_parameters_and_bad_targets_or_compiles_are_ref
         wrapped.compile(loss="mse")
     with pytest.raises(ValueError, match="XLA.*jit_compile=False"):
         wrapped.compile(jit_compile=True)
+
+
+def test_the_package_docstring_lists_the_optimization_bandit_and_continual_modules():
+    """`help(keras_ntk)` is where users find the modules issues 11-13 added."""
+    import importlib
+
+    for name in ("optimizers", "diagnostics", "bandits", "continual"):
+        assert f"keras_ntk.{name}" in keras_ntk.__doc__ and name in keras_ntk._SUBMODULES
+        assert importlib.import_module(f"keras_ntk.{name}") is getattr(keras_ntk, name)
