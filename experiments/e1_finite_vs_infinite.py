@@ -1,4 +1,4 @@
-"""E1, finite vs infinite width (the paper's Figure 1; PAPER.md, Experiments).
+"""E1, finite vs infinite width (Figure 1 of Wenger, Dangel, Kristiadi, arXiv 2310.00137).
 
 1-D regression: `train_points` noisy samples y = g(x) + eps, eps ~ N(0, s^2), of a
 wiggly g on [-1, 1] with no data inside `gap`. For each MLP (width, depth,

@@ -5,6 +5,8 @@ Public Keras API only:
   walk_layers(model)       every layer inside a model, nested models and layers included;
   graph_view(model)        keras.Model(model.inputs, model.outputs): the model's own graph
                            as a new, uncompiled functional model (None without a graph);
+  nodes_by_depth(model)    a functional model's call nodes grouped by depth (the one
+                           private Keras attribute read here: no public API exposes them);
   rebuild(model, replace)  a new functional model that computes what `model` computes,
                            every layer called through a stand-in (`replace(layer)` or a
                            `Delegate`), so a caller can observe or rewrite single layer
@@ -91,6 +93,12 @@ def graph_view(model):
     layers = {id(layer) for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)}
     inside = {id(layer) for layer in view.layers if not isinstance(layer, keras.layers.InputLayer)}
     return view if layers == inside else None
+
+
+def nodes_by_depth(model):
+    """{depth: [keras Node]} of a functional model, depth 0 at the outputs; a node's
+    `operation`, `input_tensors`, `outputs`, `arguments` and `is_input` describe one call."""
+    return model._nodes_by_depth
 
 
 def rebuild(model, replace):

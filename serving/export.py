@@ -13,7 +13,9 @@ import datetime
 import pathlib
 import re
 
-from keras_ntk import atomic
+import keras
+
+from keras_ntk import atomic, keras_internals
 from keras_ntk.predictive import posterior_format
 
 from . import loading
@@ -45,8 +47,8 @@ def parametrization(model):
     """"ntk" or "standard" when every parametrized layer of `model` (keras_ntk
     layers; plain Keras layers count as "keras") agrees, "mixed" otherwise."""
     kinds = set()
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if not layer.trainable_weights:
+    for layer in keras_internals.walk_layers(model):
+        if isinstance(layer, keras.Model) or not layer.trainable_weights:
             continue
         kinds.add(getattr(layer, "parametrization", "keras"))
     return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "none")

@@ -1,14 +1,15 @@
 """The layer calls of a built Keras model in execution order, nested models expanded.
 
-This is the one place that reads Keras' graph internals (a functional model's
-nodes by depth, as Keras' own Function._run_through_graph walks them): the public
-`layer.input` / `layer.output` name a nested model's own tensors, not those of
-the call in the enclosing model.
+A functional model's calls come from its nodes by depth (keras_internals, as Keras'
+own functional models walk them): the public `layer.input` / `layer.output` name a
+nested model's own tensors, not those of the call in the enclosing model.
 """
 
 import dataclasses
 
 import keras
+
+from keras_ntk import keras_internals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +70,7 @@ class _Walk:
         if len(model.inputs) != len(inputs):
             raise ValueError(f"Model {model.name!r} has {len(model.inputs)} inputs; expected {len(inputs)}.")
         tensors = {id(x): k for x, k in zip(model.inputs, inputs)}
-        nodes_by_depth = model._nodes_by_depth
+        nodes_by_depth = keras_internals.nodes_by_depth(model)
         for depth in sorted(nodes_by_depth, reverse=True):
             for node in nodes_by_depth[depth]:
                 if node.is_input or any(id(x) not in tensors for x in node.input_tensors):
