@@ -138,21 +138,33 @@ def _image_size(path):
 
 @pytest.mark.slow
 def test_quick_reproduction_writes_reports_with_the_kernel_regime_findings(tmp_path):
-    """The whole quick preset (`make demo`): E5's slopes near -1/2, growing with depth."""
+    """The whole quick preset (`make demo`): every experiment's report, figures and
+    finding; E5's slopes near -1/2, growing with depth; E1's runs converged."""
     result = subprocess.run(KERAS_NTK + ["reproduce", "--out", str(tmp_path)], capture_output=True,
                             text=True, timeout=1500, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "retracing" not in result.stderr
     index = (tmp_path / "index.md").read_text()
-    assert "(E1/report.md)" in index and "(E5/report.md)" in index
-    for figure in ["E1/figures/functions_depth2", "E1/figures/distance_vs_width",
-                   "E5/figures/init_distance", "E5/figures/kernel_change", "E5/figures/linearization_error"]:
-        assert (tmp_path / f"{figure}.pdf").stat().st_size > 0
-        width, height = _image_size(tmp_path / f"{figure}.png")
-        assert width > 400 and height > 300
+    figures = {
+        "E1": ["functions_depth2", "distance_vs_width"],
+        "E2": ["lambda_min", "stability_constant", "training_mlp_ntk_depth1", "training_cnn_ntk_depth1"],
+        "E3": ["regret_wine", "hyperparameters_wine"],
+        "E4": ["forgetting_vs_width", "ntk_change_vs_width", "accuracy_matrices_mlp_permuted_standard"],
+        "E5": ["init_distance", "kernel_change", "linearization_error"],
+    }
+    for name, stems in figures.items():
+        assert f"({name}/report.md)" in index
+        finding = json.loads((tmp_path / name / "summary.json").read_text())["finding"]
+        assert finding in (tmp_path / name / "report.md").read_text() and finding in index
+        runs = list((tmp_path / name / "runs").glob("*.json"))
+        assert len(runs) == len(harness_points(name)), name
+        for stem in stems:
+            assert (tmp_path / name / "figures" / f"{stem}.pdf").stat().st_size > 0
+            width, height = _image_size(tmp_path / name / "figures" / f"{stem}.png")
+            assert width > 400 and height > 300
 
     records = [json.loads(p.read_text()) for p in (tmp_path / "E5" / "runs").glob("*.json")]
     config = configs.preset("E5", "quick")
-    assert len(records) == len(e5_kernel_regime.points(config))
     for architecture, widths in (("mlp", config.mlp_widths), ("cnn", config.cnn_widths)):
         for depth in config.depths:
             means = [np.mean([r["result"]["init_distance"] for r in records
@@ -167,4 +179,15 @@ def test_quick_reproduction_writes_reports_with_the_kernel_regime_findings(tmp_p
         assert at_widest == sorted(at_widest), (architecture, at_widest)
     assert "slope" in (tmp_path / "E5" / "report.md").read_text()
     e1 = [json.loads(p.read_text())["result"] for p in (tmp_path / "E1" / "runs").glob("*.json")]
+    assert all(r["training"]["net"]["converged"] and r["training"]["linearized"]["converged"] for r in e1)
     assert all(r["train_rmse"] < 3 * configs.preset("E1", "quick").noise_std for r in e1)
+
+
+def harness_points(name):
+    """The quick preset's sweep points of experiment `name`."""
+    import importlib
+
+    from keras_ntk.experiments import EXPERIMENTS
+
+    module = importlib.import_module(f"keras_ntk.experiments.{EXPERIMENTS[name]}")
+    return module.points(configs.preset(name, "quick"))
