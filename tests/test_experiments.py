@@ -141,7 +141,7 @@ def test_quick_reproduction_writes_reports_with_the_kernel_regime_findings(tmp_p
     """The whole quick preset (`make demo`): every experiment's report, figures and
     finding; E5's slopes near -1/2, growing with depth; E1's runs converged."""
     result = subprocess.run(KERAS_NTK + ["reproduce", "--out", str(tmp_path)], capture_output=True,
-                            text=True, timeout=1500, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+                            text=True, timeout=2400, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "retracing" not in result.stderr
     index = (tmp_path / "index.md").read_text()
