@@ -273,9 +273,14 @@ def _distance_figure(config, summary, directory):
     return reporting.save_figure(figure, directory, "distance_vs_width")
 
 
+def _two_digits(value):
+    """Two significant digits without an exponent: 0.0022, 14, 140."""
+    return f"{value:.2g}" if value < 100 else f"{value:.0f}"
+
+
 def _percent_range(values):
-    low, high = 100 * min(values), 100 * max(values)
-    return f"{low:.2g}%" if f"{low:.2g}" == f"{high:.2g}" else f"{low:.2g}-{high:.2g}%"
+    low, high = _two_digits(100 * min(values)), _two_digits(100 * max(values))
+    return f"{low}%" if low == high else f"{low}-{high}%"
 
 
 def _slopes(config, summary, key):
