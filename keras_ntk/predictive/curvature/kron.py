@@ -10,28 +10,61 @@ from keras_ntk.predictive.curvature import base
 from keras_ntk.predictive.curvature.diagonal import DiagonalCurvature
 
 
-def kron_layer_covariance(a, g, inverse, joint):
-    """One K-FAC layer's term of J P^-1 J^T, from the layer's factors in the
-    eigenbases of its Kronecker factors.
+JOINT_CHUNK_COLUMNS = 512  # eigenbasis columns (c, o) of one chunk of the joint covariance
+
+
+def kron_layer_covariance(a, g, inverse, joint, total=0.0):
+    """`total` plus one K-FAC layer's term of J P^-1 J^T, from the layer's factors
+    in the eigenbases of its Kronecker factors.
 
     Args:
       a: (n, P, C) augmented inputs (patches) times Q_A.
       g: (n, K, P, O) output gradients times Q_G.
       inverse: (C, O), 1 / (c e_A e_G^T + delta): the posterior covariance's eigenvalues.
       joint: (n, K, n, K) when True, else the per-example blocks (n, K, K).
-    Dense layers (P = 1) have gradients a g^T, so the (n, K, C, O) gradients are
-    never formed: the blocks cost O(n (C O + K^2 O)) and the joint O(n^2 (C O + K^2 O)).
+      total: 0.0 or the other layers' terms, of the answer's shape; the joint
+        covariance accumulates into it (no second answer-sized tensor per layer).
+
+    The gradient of output k of example i in the eigenbasis is
+    m[i, k, c, o] = sum_p a[i, p, c] g[i, k, p, o]; the term is
+    sum_{c, o} m[i, k, c, o] m[j, l, c, o] inverse[c, o]. The blocks of a dense
+    layer (P = 1, m = a (x) g) never form m: O(n (C O + K^2 O)) work and memory.
+    The joint covariance is phi phi^T with phi = m sqrt(inverse) reshaped to
+    (n K, C O), accumulated over chunks of about JOINT_CHUNK_COLUMNS columns: its
+    memory is a few answers (n K)^2 (the sum, the chunk's product, the new sum)
+    plus one chunk of phi, n K JOINT_CHUNK_COLUMNS (n K O when O is wider), with
+    no pairwise (n, n, C) or (n, n, K, O) intermediate. Measured on MLPs of width
+    16 to 256: a peak of 4 to 6.5 answers, whatever the width.
     """
+    if joint:
+        return _kron_joint(a, g, inverse, total)
     if a.shape[1] == 1:
         a, g = a[:, 0, :], g[:, :, 0, :]
-        if joint:
-            n = tf.shape(a)[0]
-            pair = tf.reshape(a[:, None, :] * a[None, :, :], (-1, a.shape[-1]))
-            weights = tf.reshape(tf.matmul(pair, inverse), (n, n, -1))
-            return tf.einsum("ijo,iko,jlo->ikjl", weights, g, g)
-        return tf.einsum("io,iko,ilo->ikl", tf.matmul(a * a, inverse), g, g)
+        return total + tf.einsum("io,iko,ilo->ikl", tf.matmul(a * a, inverse), g, g)
     m = tf.einsum("npc,nkpo->nkco", a, g)  # per-example gradients in the eigenbasis
-    return tf.einsum("ikco,jlco,co->ikjl" if joint else "ikco,ilco,co->ikl", m, m, inverse)
+    return total + tf.einsum("ikco,ilco,co->ikl", m, m, inverse)
+
+
+def _kron_joint(a, g, inverse, total):
+    """total + sum over chunks of C of phi_chunk phi_chunk^T, (n, K, n, K) (see
+    kron_layer_covariance); one chunk at a time (parallel_iterations=1), so one
+    chunk of phi is alive."""
+    n, k = tf.shape(g)[0], tf.shape(g)[1]
+    c, o = tf.shape(inverse)[0], tf.shape(inverse)[1]
+    rows = tf.maximum(1, JOINT_CHUNK_COLUMNS // o)
+    root = tf.sqrt(inverse)
+
+    def add_chunk(start, total):
+        m = tf.einsum("npc,nkpo->nkco", a[:, :, start : start + rows], g)
+        phi = tf.reshape(m * root[start : start + rows], (n * k, -1))
+        return start + rows, total + tf.matmul(phi, phi, transpose_b=True)
+
+    if tf.is_tensor(total):
+        total = tf.reshape(total, (n * k, n * k))
+    else:
+        total = tf.fill((n * k, n * k), tf.constant(total, a.dtype))
+    _, total = tf.while_loop(lambda start, _: start < c, add_chunk, (tf.constant(0), total), parallel_iterations=1)
+    return tf.reshape(total, (n, k, n, k))
 
 
 def augmented_inputs(rule, patches):
@@ -161,7 +194,7 @@ class KronCurvature(base.Curvature):
             for rule, (patches, delta), (qa, qg, inverse) in zip(self.rules, self.probes(x), tensors["layers"]):
                 a = tf.einsum("npc,cd->npd", augmented_inputs(rule, patches), qa)
                 g = tf.einsum("nkpo,oq->nkpq", tf.cast(delta, base.F64), qg)
-                total += kron_layer_covariance(a, g, inverse, joint)
+                total = kron_layer_covariance(a, g, inverse, joint, total)
         if self.rest is not None:
             total += self.rest.covariance_blocks(x, tensors["rest"], joint)
         return total
