@@ -8,8 +8,8 @@ and the limit.
 The estimates use what every served model tells: N (and M) examples, K outputs,
 P trainable parameters. Values are float64 (8 bytes) unless a kernel dtype says
 otherwise. Working memory counts the answer itself, its message, the serialized copy and
-gRPC's send buffer, and the per-example intermediates of one pass
-(Jacobian-sized, N K P);
+gRPC's send buffer, and the intermediates of one pass (Jacobian-sized, N K P,
+and for a joint pass a few times the pass's covariance as it is summed);
 cost counts multiply-adds and only decides the time class (small or large
 request, see `Estimate.large`).
 """
@@ -100,7 +100,9 @@ def predict_estimate(n, k, parameters, *, joint, classification, samples, limits
         outputs = n * k
         answer = outputs * outputs * F64 + vectors + MESSAGE_OVERHEAD
         per_pass = min(outputs, limits.joint_pass_outputs)
-        passing = 2 * per_pass * per_pass * F64 + 2 * per_pass * parameters * F64
+        # one pass: its covariance as layers and chunks are summed into it (a K-FAC pass
+        # measured at 4 to 6.5 times its covariance) and its Jacobian-sized features
+        passing = 7 * per_pass * per_pass * F64 + 2 * per_pass * parameters * F64
         working = answer * 4 + passing  # the matrix, the message, its serialized copy, gRPC's send buffer
         chunked = outputs > limits.joint_pass_outputs
         cost = outputs * outputs * parameters * (2 if chunked else 1) + outputs * parameters

@@ -110,7 +110,7 @@ def test_the_estimates_count_the_answer_and_its_copies():
     joint = validation.predict_estimate(100, 3, 50, joint=True, classification=False, samples=0, limits=limits)
     answer = 300 * 300 * 8 + 2 * 300 * 8 + validation.MESSAGE_OVERHEAD
     assert joint.answer_bytes == answer
-    assert joint.working_bytes == 4 * answer + 2 * 300 * 300 * 8 + 2 * 300 * 50 * 8
+    assert joint.working_bytes == 4 * answer + 7 * 300 * 300 * 8 + 2 * 300 * 50 * 8
     assert joint.cost == 300 * 300 * 50 + 300 * 50 and not joint.large
     mc = validation.predict_estimate(10, 4, 50, joint=False, classification=True, samples=1000, limits=limits)
     assert mc.answer_bytes == 3 * 10 * 4 * 8 + validation.MESSAGE_OVERHEAD
