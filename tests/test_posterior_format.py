@@ -102,6 +102,28 @@ def test_directories_written_before_the_version_field_load(tmp_path, laplace):
     assert Laplace.load(path).structure == "diag"
 
 
+def test_metadata_that_lies_about_a_posterior_without_a_network_is_refused(tmp_path):
+    x = np.random.default_rng(1).normal(size=(6, 3))
+    gp = NTKGP.infinite_width(x, np.sin(x[:, 0]), 0.1, depth=2, parametrization="standard", width=64)
+    for key, value in (("output_shape", [2]), ("input_shape", [4]), ("likelihood", "classification")):
+        path = gp.save(tmp_path / key)
+        _corrupt(path, lambda m: m.update({key: value}))
+        with pytest.raises(CorruptPosterior, match=f"says {key} .* was saved with"):
+            load_posterior(path)
+
+
+def test_directories_written_before_the_record_are_checked_against_the_model_only(tmp_path, laplace):
+    path = laplace.save(tmp_path / "p")
+    with np.load(path / "posterior.npz") as archive:
+        state = {name: archive[name] for name in archive.files if name != posterior_format.RECORD_KEY}
+    np.savez(path / "posterior.npz", **state)
+    _corrupt(path, lambda m: m.update(prior_precision=0.5))  # the true value: loads
+    assert Laplace.load(path).prior_precision == pytest.approx(0.5)
+    _corrupt(path, lambda m: m.update(output_shape=[3]))
+    with pytest.raises(CorruptPosterior, match="says output_shape \\[3\\] but model.keras has \\[1\\]"):
+        Laplace.load(path)
+
+
 def test_a_failure_during_save_keeps_the_old_posterior(tmp_path, laplace, monkeypatch):
     path = laplace.save(tmp_path / "p", metadata={"generation": 1})
 
