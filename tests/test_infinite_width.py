@@ -222,9 +222,13 @@ def test_cnn_kernel_with_1x1_convolutions_is_the_mlp_kernel_of_the_pixels(poolin
     np.testing.assert_allclose(cnn, expected, rtol=1e-12)
 
 
-# 7-9 s a case; the standard parametrization's cases run in `make test-slow`.
-@pytest.mark.parametrize("pooling", ["flatten", "global_average"])
-@pytest.mark.parametrize("parametrization", ["ntk", pytest.param("standard", marks=pytest.mark.slow)])
+# 7-9 s a case: `make test` keeps ntk with flatten, `make test-slow` runs the rest.
+@pytest.mark.parametrize(
+    "parametrization,pooling",
+    [("ntk", "flatten")]
+    + [pytest.param(p, q, marks=pytest.mark.slow)
+       for p, q in (("ntk", "global_average"), ("standard", "flatten"), ("standard", "global_average"))],
+)
 def test_mean_empirical_cnn_ntk_converges_to_analytic_ntk_with_width(pooling, parametrization):
     x = np.random.default_rng(8).normal(size=(4, 5, 5, 2)).astype(np.float32)
     errors = []

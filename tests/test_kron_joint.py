@@ -59,6 +59,7 @@ def _peak_over_answer(width, n, k=4):
     return peak / cov.nbytes
 
 
+@pytest.mark.slow  # 9 s; the joint values are checked in make test
 def test_joint_memory_is_a_small_multiple_of_the_answer_whatever_the_width():
     # Measured: 4.1-6.4 answers at both widths (N = 256 and 512); before, 17 and 291.
     ratios = {width: _peak_over_answer(width, 256) for width in (16, 256)}

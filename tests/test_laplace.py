@@ -306,6 +306,7 @@ def test_log_marginal_likelihood_gradient_matches_finite_differences(structure):
     np.testing.assert_allclose(gradient, numeric, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # 10 s of evidence steps
 def test_evidence_maximization_recovers_the_noise_level():
     rng = np.random.default_rng(0)
     x = rng.uniform(-2, 2, size=(300, 1)).astype(np.float32)

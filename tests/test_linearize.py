@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 
 import keras_ntk
 from keras_ntk.linearize import LinearizedModel
@@ -49,6 +50,7 @@ def _train_pair(width, steps=30):
     return np.linalg.norm(real - lin) / np.linalg.norm(real - start)
 
 
+@pytest.mark.slow  # 8 s; the linearization itself is checked exactly above
 def test_linearized_training_tracks_the_wide_network():
     """Gap between network and linearization, relative to how far training moved
     the network; it shrinks with width (kernel regime) and is small when wide."""
