@@ -13,17 +13,9 @@ from scipy import stats
 
 import keras_ntk
 from references import brute_force_ntk
+from test_ntk_loop_reference import reduce_output
 
 RTOL = 1e-5
-
-
-def _reduce(full, output):
-    """Reference output modes from a full (N, N, K, K) kernel."""
-    if output == "full":
-        return full
-    if output == "trace":
-        return np.einsum("ijkk->ij", full) / full.shape[-1]
-    return np.einsum("iikl->ikl", full)
 
 
 def _assert_close(actual, expected, rtol=RTOL):
@@ -76,7 +68,7 @@ METHOD_CASES = [
 def test_every_method_equals_brute_force(method, output, name):
     model = ZOO[name]
     x = np.random.default_rng(1).normal(size=(5, *model.input_shape[1:])).astype(np.float32)
-    reference = _reduce(brute_force_ntk(model, x), output)
+    reference = reduce_output(brute_force_ntk(model, x), output)
     _assert_close(keras_ntk.empirical_ntk(model, x, output=output, method=method), reference)
 
 
@@ -174,7 +166,7 @@ def test_dense_chain_recursion_equals_brute_force(name):
     assert (ntk.strategy.feature_map.chain is not None) == chain
     _assert_close(sum(v.numpy() for v in per_layer.values()), full)
     for output in ("full", "trace", "diagonal"):
-        _assert_close(keras_ntk.NTK(model, output=output)(x), _reduce(full, output))
+        _assert_close(keras_ntk.NTK(model, output=output)(x), reduce_output(full, output))
     x2 = x[:4] + 0.5
     _assert_close(keras_ntk.NTK(model)(x, x2), brute_force_ntk(model, np.concatenate([x, x2]))[:6, 6:])
 
@@ -295,7 +287,7 @@ def test_tfp_empirical_kernel_drives_a_gaussian_process():
     x = rng.normal(size=(6, 5))
     y = rng.normal(size=6)
     kernel = keras_ntk.EmpiricalNTKKernel(model, scale=0.5)
-    reference = 0.5 * _reduce(brute_force_ntk(model, x.astype(np.float32)), "trace")
+    reference = 0.5 * reduce_output(brute_force_ntk(model, x.astype(np.float32)), "trace")
     _assert_close(kernel.matrix(x, x), reference)
     _assert_close(kernel.apply(x, x), np.diag(reference))
     gp = tfp.distributions.GaussianProcess(kernel, index_points=x, observation_noise_variance=0.2, jitter=0.0)
