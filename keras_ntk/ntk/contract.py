@@ -25,6 +25,8 @@ import tensorflow as tf
 OUTPUTS = ("full", "trace", "diagonal")
 _PARTS = 4
 _MIN_PART_ROWS = 128  # smaller Gram parts (few examples, few outputs) cost more than they save
+PARTED_MIN_ROWS = _PARTS * _MIN_PART_ROWS  # rows n r of a symmetric block computed in parts
+PARTED_SHARE = (_PARTS * (_PARTS + 1) // 2) / _PARTS**2  # share of its Gram entries computed
 
 
 def _diagonal(group, f):
@@ -64,7 +66,7 @@ def _gram(rows1, rows2, coef):
 def _worth_parts(rows):
     """Whether the symmetric block of rows (n, r, P) has enough rows n r for parts."""
     n, r = rows.shape[0], rows.shape[1]
-    return n is not None and r is not None and n * r >= _PARTS * _MIN_PART_ROWS
+    return n is not None and r is not None and n * r >= PARTED_MIN_ROWS
 
 
 def _parts(n):

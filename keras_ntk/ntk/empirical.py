@@ -9,6 +9,7 @@ blocks themselves come from its strategy (strategies.py): per-example factors
 ("structured", "jacobian") or NTK-vector products ("ntk_vp").
 """
 
+import dataclasses
 import threading
 import weakref
 
@@ -19,6 +20,7 @@ import tensorflow as tf
 from keras_ntk import traced
 from keras_ntk.ntk import contract as contract_lib
 from keras_ntk.ntk import memory
+from keras_ntk.ntk import precision as precision_lib
 from keras_ntk.ntk import rules as rules_lib
 from keras_ntk.ntk import strategies
 
@@ -29,6 +31,46 @@ def _devices():
     """Devices that share the tiles: all GPUs, else all logical CPUs."""
     devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     return [d.name for d in devices]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How `NTK` computes an n x m request (`NTK.plan`).
+
+    Attributes:
+      n, m: examples of x1 and x2 (m = n for x2=None).
+      symmetric: x2=None, so only tiles on and above the diagonal are computed.
+      tile: examples per tile (rows and columns); tiles: tiles computed.
+      cache_factors: whether every chunk's factors are kept for the whole request
+        (else those of the current row chunk only).
+      memory_bytes: estimated peak memory of the call, result included.
+      layers: the strategy's per-group costs (strategies.GroupCost) for this
+        request: method, estimated FLOPs and factor bytes per example.
+      flops: estimated floating-point operations of the whole request.
+    """
+
+    n: int
+    m: int
+    symmetric: bool
+    tile: int
+    tiles: int
+    cache_factors: bool
+    memory_bytes: int
+    layers: tuple
+    flops: float
+
+    def __str__(self):
+        lines = [
+            f"{self.n} x {self.m} examples{' (x2=None)' if self.symmetric else ''}: "
+            f"{self.tiles} tile(s) of {self.tile}, factors {'cached' if self.cache_factors else 'per row'}, "
+            f"~{memory.gib(self.memory_bytes)}, ~{self.flops / 1e9:.3g} GFLOP",
+            f"  {'layer':<40} {'method':<24} {'GFLOP':>9} {'factor bytes/example':>21}",
+        ]
+        for layer in self.layers:
+            lines.append(
+                f"  {layer.name:<40} {layer.method:<24} {layer.flops / 1e9:>9.4f} {layer.factor_bytes:>21,}"
+            )
+        return "\n".join(lines)
 
 
 class NTK:
@@ -49,10 +91,20 @@ class NTK:
         wider dtype than the model's, a chain of dense layers (features.py) also
         computes its activations and deltas in it, so its kernel does not depend on
         how the examples are tiled; other layers' gradients are the model's own.
+      precision: "highest" (default): float32 matmuls in full float32 while the
+        kernel is computed, whatever TensorFlow's TensorFloat-32 setting (see
+        precision.py; the setting is restored afterwards); "default": under that
+        setting (TF32 on Ampere and newer GPUs unless turned off, ~1e-3 relative).
       progress: show a progress bar over tiles (None: when there are 8 or more).
 
     Calling it with x1 (N, ...) and optional x2 (M, ...) returns a tf.Tensor
-    (or dict of them). x2=None uses the symmetry Theta(x, x') = Theta(x', x)^T.
+    (or dict of them) on the device that computed it. x2=None uses the symmetry
+    Theta(x, x') = Theta(x', x)^T. A request that fits one tile runs as one
+    compiled function with no host round trip; several tiles are assembled on
+    the device. Inside a caller's tf.function, x1 and x2 may be symbolic tensors
+    with a static batch size and the kernel is traced into the caller's graph;
+    that needs a request planned as one tile (ValueError otherwise).
+
     The model runs in inference mode (training=False); only trainable
     variables are parameters. The first call probes the model and checks
     TensorFlow's vectorized gradients once on two of its examples (see
@@ -73,6 +125,7 @@ class NTK:
         memory_budget=None,
         per_layer=False,
         dtype=None,
+        precision="highest",
         progress=None,
     ):
         if output not in contract_lib.OUTPUTS:
@@ -83,6 +136,8 @@ class NTK:
             raise ValueError("per_layer=True needs method 'structured' or 'jacobian', not 'ntk_vp'.")
         if memory_budget is not None and not memory_budget > 0:
             raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}.")
+        if precision not in precision_lib.PRECISIONS:
+            raise ValueError(f"precision must be one of {precision_lib.PRECISIONS}, got {precision!r}.")
         self.model = model
         self.output = output
         self.method = "structured" if method == "auto" else method
@@ -91,28 +146,49 @@ class NTK:
         self.dtype = tf.as_dtype(dtype or tf.float32)
         if not self.dtype.is_floating:
             raise ValueError(f"dtype must be a floating dtype, got {self.dtype.name}.")
+        self.precision = precision
         self.progress = progress
         self.strategy = None
         self._lock = threading.Lock()
         self._devices = None
+        self._one_tile = None
 
     # -- inputs ---------------------------------------------------------------
-    def _as_inputs(self, x, what):
-        dtype = self.model.inputs[0].dtype if getattr(self.model, "inputs", None) else "float32"
-        x = np.asarray(x, dtype=dtype)
-        expected = tuple(self.model.input_shape) if getattr(self.model, "inputs", None) else None
+    def _expected_shape(self):
+        return tuple(self.model.input_shape) if getattr(self.model, "inputs", None) else None
+
+    def _shape_error(self, what, shape):
+        expected = self._expected_shape()
         if expected is not None and (
-            x.ndim != len(expected)
-            or any(e is not None and e != s for e, s in zip(expected[1:], x.shape[1:]))
+            len(shape) != len(expected)
+            or any(e is not None and s is not None and e != s for e, s in zip(expected[1:], shape[1:]))
         ):
             raise ValueError(
                 f"{what} must have shape (examples, {', '.join(map(str, expected[1:]))}) "
-                f"to match the model's input, got {x.shape}."
+                f"to match the model's input, got {tuple(shape)}."
             )
+
+    def _as_inputs(self, x, what):
+        dtype = self.model.inputs[0].dtype if getattr(self.model, "inputs", None) else "float32"
+        x = np.asarray(x, dtype=dtype)
+        self._shape_error(what, x.shape)
         if x.shape[0] == 0:
             raise ValueError(f"{what} has no examples.")
         if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
             raise ValueError(f"{what} contains NaN or Inf.")
+        return x
+
+    def _as_symbolic(self, x, what):
+        dtype = self.model.inputs[0].dtype if getattr(self.model, "inputs", None) else "float32"
+        x = tf.convert_to_tensor(x)
+        x = tf.cast(x, dtype) if x.dtype != tf.as_dtype(dtype) else x
+        self._shape_error(what, x.shape)
+        if x.shape.rank is None or x.shape[0] is None:
+            raise ValueError(
+                f"Inside tf.function the NTK needs {what}'s batch size to plan its tiles, but "
+                f"{what} has shape {x.shape}. Give the tf.function an input_signature with a "
+                "fixed batch size, or call the NTK eagerly."
+            )
         return x
 
     def _prepare(self, x):
@@ -126,6 +202,10 @@ class NTK:
                 strategy = strategies.FactorStrategy(
                     self.model, self.method, self.output, self.dtype, self.per_layer, x[:2]
                 )
+            self._one_tile = (
+                traced.per_object(lambda x1: strategy.tile(x1, None), reduce_retracing=True),
+                traced.per_object(strategy.tile, reduce_retracing=True),
+            )
             self.strategy = strategy
 
     def _check_independent_examples(self, x):
@@ -154,16 +234,20 @@ class NTK:
         cols = 1 if self.output == "diagonal" else c
         return c * cols * k2 * self.dtype.size * (3 + self.strategy.parts)
 
-    def plan(self, n, m):
-        """(chunk size, cache all factors?) for an n x m request, or NTKMemoryError.
+    def plan(self, n, m=None):
+        """The `Plan` of an n x m request (m=None: x2=None), or NTKMemoryError.
 
         Available once the NTK has been called (it probes the model on the first call).
         """
         if self.strategy is None:
             raise ValueError("plan() needs the model probed: call the NTK on a batch first.")
+        symmetric = m is None or self.output == "diagonal"
+        m = n if m is None else m
         budget = self.memory_budget or memory.default_budget()
         result = 2 * self._result_entries(n, m) * self.dtype.size * self.strategy.names
         factor, working = self.strategy.bytes_per_example()
+        if not symmetric:
+            working *= 2  # a one-tile request encodes x1 and x2 as one batch
         need_one = result + working + self._tile_bytes(1)
         if need_one > budget:
             raise memory.NTKMemoryError(
@@ -177,19 +261,70 @@ class NTK:
         chunk = max(n, m)
         while chunk > 1 and result + chunk * working + self._tile_bytes(chunk) > budget:
             chunk = (chunk + 1) // 2
-        spare = budget - result - chunk * working - self._tile_bytes(chunk)
-        return chunk, (n + m) * factor <= spare
+        used = result + chunk * working + self._tile_bytes(chunk)
+        cache = (n + m) * factor <= budget - used
+        rows, cols = -(-n // chunk), -(-m // chunk)
+        if self.output == "diagonal":
+            tiles = rows
+        elif symmetric:
+            tiles = rows * (rows + 1) // 2
+        else:
+            tiles = rows * cols
+        layers = tuple(self.strategy.costs(n, m, symmetric, rows, cols))
+        return Plan(
+            n=n,
+            m=m,
+            symmetric=symmetric,
+            tile=chunk,
+            tiles=tiles,
+            cache_factors=cache,
+            memory_bytes=used + ((n + m) * factor if cache else 2 * chunk * factor),
+            layers=layers,
+            flops=float(sum(layer.flops for layer in layers)),
+        )
 
     # -- computation ----------------------------------------------------------
     def __call__(self, x1, x2=None):
+        if self.output == "diagonal" and x2 is not None:
+            raise ValueError("output='diagonal' pairs each example of x1 with itself; pass x2=None.")
+        if not tf.executing_eagerly():
+            return self._traced_call(x1, x2)
         x1 = self._as_inputs(x1, "x1")
         symmetric = x2 is None
-        if self.output == "diagonal" and not symmetric:
-            raise ValueError("output='diagonal' pairs each example of x1 with itself; pass x2=None.")
         x2 = x1 if symmetric else self._as_inputs(x2, "x2")
         self._prepare(x1)
         n, m = x1.shape[0], x2.shape[0]
-        chunk, cache = self.plan(n, m)
+        plan = self.plan(n, None if symmetric else m)
+        with precision_lib.full_float32(self.precision):
+            if plan.tiles > 1:
+                return self._tiled(x1, x2, plan)
+            self.strategy.prepare(x1)
+            symmetric_tile, tile = self._one_tile
+            block = symmetric_tile(tf.constant(x1)) if symmetric else tile(tf.constant(x1), tf.constant(x2))
+            if self.progress:
+                keras.utils.Progbar(1, unit_name="tile").update(1)
+            return block
+
+    def _traced_call(self, x1, x2):
+        """The kernel traced into the caller's tf.function (one tile only)."""
+        x1 = self._as_symbolic(x1, "x1")
+        x2 = None if x2 is None else self._as_symbolic(x2, "x2")
+        with tf.init_scope():
+            shape = (2, *x1.shape[1:])
+            examples = np.random.default_rng(0).normal(size=shape).astype(x1.dtype.as_numpy_dtype)
+            self._prepare(examples)
+            plan = self.plan(x1.shape[0], None if x2 is None else x2.shape[0])
+        if plan.tiles > 1:
+            raise ValueError(
+                f"This NTK request ({plan.n} x {plan.m} examples) needs {plan.tiles} tiles of "
+                f"{plan.tile} within memory_budget, and inside tf.function the NTK computes "
+                "one tile only. Call it eagerly (it assembles the tiles), request fewer "
+                "examples, or raise memory_budget if the machine has the memory."
+            )
+        return self.strategy.tile(x1, x2)
+
+    def _tiled(self, x1, x2, plan):
+        chunk, symmetric = plan.tile, plan.symmetric
         row_chunks = _chunks(x1, chunk)
         col_chunks = row_chunks if symmetric else _chunks(x2, chunk)
         if self.output == "diagonal":
@@ -198,7 +333,20 @@ class NTK:
             pairs = [(i, j) for i in range(len(row_chunks)) for j in range(i, len(row_chunks))]
         else:
             pairs = [(i, j) for i in range(len(row_chunks)) for j in range(len(col_chunks))]
-        return self._assemble(row_chunks, col_chunks, pairs, symmetric, cache, n, m)
+        show = self.progress if self.progress is not None else len(pairs) >= 8
+        bar = keras.utils.Progbar(len(pairs), unit_name="tile") if show else None
+        devices = _devices()
+        if len(devices) > 1 and len(pairs) > 1:
+            blocks = self._distributed_blocks(devices, row_chunks, col_chunks, pairs)
+        else:
+            blocks = self._local_blocks(row_chunks, col_chunks, pairs, symmetric, plan.cache_factors)
+        done = {}
+        for t, (pair, block) in enumerate(blocks):
+            done[pair] = block if isinstance(block, dict) else {None: block}
+            if bar is not None:
+                bar.update(t + 1)
+        kernels = {name: self._assemble(done, name, row_chunks, col_chunks, symmetric) for name in done[pairs[0]]}
+        return kernels if self.per_layer else kernels[None]
 
     def _local_blocks(self, row_chunks, col_chunks, pairs, symmetric, cache):
         """Yield ((i, j), block) on the default device, reusing encoded chunks:
@@ -247,42 +395,21 @@ class NTK:
             blocks = run(per_replica(row_chunks, 0), per_replica(col_chunks, 1))
             yield from zip(round_pairs, replicas.experimental_local_results(blocks))
 
-    def _assemble(self, row_chunks, col_chunks, pairs, symmetric, cache, n, m):
-        show = self.progress if self.progress is not None else len(pairs) >= 8
-        bar = keras.utils.Progbar(len(pairs), unit_name="tile") if show else None
-        devices = _devices()
-        if len(devices) > 1 and len(pairs) > 1:
-            blocks = self._distributed_blocks(devices, row_chunks, col_chunks, pairs)
-        else:
-            blocks = self._local_blocks(row_chunks, col_chunks, pairs, symmetric, cache)
-        if len(pairs) == 1:  # one tile, unpadded (see _chunks): the whole result
-            ((_, block),) = blocks
-            if bar is not None:
-                bar.update(1)
-            return block
-        results = {}
-        for t, ((i, j), block) in enumerate(blocks):
-            _, n_rows, start_i = row_chunks[i]
-            _, n_cols, start_j = col_chunks[j]
-            for name, value in (block if isinstance(block, dict) else {None: block}).items():
-                out = results.setdefault(name, np.empty(self._shape(n, m), self.dtype.as_numpy_dtype))
-                value = value.numpy()
-                if self.output == "diagonal":
-                    out[start_i : start_i + n_rows] = value[:n_rows]
-                    continue
-                value = value[:n_rows, :n_cols]
-                out[start_i : start_i + n_rows, start_j : start_j + n_cols] = value
-                if symmetric and i != j:
-                    transposed = value.transpose((1, 0, 3, 2)) if self.output == "full" else value.T
-                    out[start_j : start_j + n_cols, start_i : start_i + n_rows] = transposed
-            if bar is not None:
-                bar.update(t + 1)
-        tensors = {name: tf.constant(value) for name, value in results.items()}
-        return tensors if self.per_layer else tensors[None]
-
-    def _shape(self, n, m):
-        k = self.strategy.num_outputs
-        return {"full": (n, m, k, k), "trace": (n, m), "diagonal": (n, k, k)}[self.output]
+    def _assemble(self, done, name, row_chunks, col_chunks, symmetric):
+        """One kernel from its tiles done[(i, j)][name], concatenated on the default device."""
+        if self.output == "diagonal":
+            return tf.concat([done[i, i][name][:count] for i, (_, count, _) in enumerate(row_chunks)], 0)
+        rows = []
+        for i, (_, n_rows, _) in enumerate(row_chunks):
+            row = []
+            for j, (_, n_cols, _) in enumerate(col_chunks):
+                if (i, j) in done:
+                    row.append(done[i, j][name][:n_rows, :n_cols])
+                else:  # symmetric: the tile (j, i) transposed
+                    block = done[j, i][name][:n_cols, :n_rows]
+                    row.append(tf.transpose(block, (1, 0, 3, 2) if self.output == "full" else (1, 0)))
+            rows.append(tf.concat(row, 1) if len(row) > 1 else row[0])
+        return tf.concat(rows, 0) if len(rows) > 1 else rows[0]
 
 
 def _chunks(x, size):
@@ -311,6 +438,7 @@ def empirical_ntk(
     memory_budget=None,
     per_layer=False,
     dtype=None,
+    precision="highest",
     progress=None,
 ):
     """Empirical NTK of a Keras model: see `NTK` for the arguments.
@@ -321,7 +449,7 @@ def empirical_ntk(
     The compiled form is cached per model and options, so repeated calls do
     not retrace.
     """
-    key = (output, method, memory_budget, per_layer, tf.as_dtype(dtype or tf.float32).name, progress)
+    key = (output, method, memory_budget, per_layer, tf.as_dtype(dtype or tf.float32).name, precision, progress)
     per_model = _CACHE.setdefault(model, {})
     if key not in per_model:
         per_model[key] = NTK(
@@ -331,6 +459,7 @@ def empirical_ntk(
             memory_budget=memory_budget,
             per_layer=per_layer,
             dtype=dtype,
+            precision=precision,
             progress=progress,
         )
     return per_model[key](x1, x2)

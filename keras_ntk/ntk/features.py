@@ -51,6 +51,27 @@ class Group:
     variables: tuple = dataclasses.field(default=(), compare=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class GroupCost:
+    """Estimated cost of one parameter group (`FeatureMap.costs`).
+
+    Attributes:
+      name: the group's layer path; method: how its factors are computed
+        ("dense chain", "structured", "structured (gradients)", "jacobian").
+      encode_flops: FLOPs to compute one example's factors.
+      pair_flops: FLOPs of one (x1, x2) example pair's kernel block.
+      factor_bytes: bytes of one example's factors.
+      flops: FLOPs of a whole request (filled in by the strategy's `costs`).
+    """
+
+    name: str
+    method: str
+    encode_flops: float
+    pair_flops: float
+    factor_bytes: int
+    flops: float = 0.0
+
+
 def _owner(variable):
     return variable.path.rsplit("/", 1)[0]
 
@@ -123,9 +144,10 @@ class FeatureMap:
         trainable = list(model.trainable_variables)
         if not trainable:
             raise ValueError(f"Model {model.name!r} has no trainable variables: its NTK is zero.")
-        rules = rules_lib.find_rules(model, grouped=True) if method == "structured" else []
-        calls, self._positions, self.num_outputs = rules_lib.trace_calls(model, rules, example[:1])
-        self.rules = [r for r in rules if calls[r.name] == 1]
+        known = rules_lib.find_rules(model, grouped=True)
+        calls, self._positions, self.num_outputs = rules_lib.trace_calls(model, known, example[:1])
+        self._known = {r.name: r for r in known if calls[r.name] == 1}
+        self.rules = list(self._known.values()) if method == "structured" else []
         self.chain = chain_lib.find(model, self.rules, example[:1])
         if self.chain is not None:
             self.rules = self.chain
@@ -218,6 +240,54 @@ class FeatureMap:
         self._vectorized_deltas &= not any(r.name in names for r in self.rules)
         self._vectorized_jacobians &= not any(name in self._jacobian_groups for name in names)
         self._compiled = traced.per_object(self.factors, reduce_retracing=True)
+
+    @property
+    def checked(self):
+        """Whether the one-time check of vectorized gradients has run."""
+        return self._checked
+
+    def costs(self, output, itemsize=4):
+        """Estimated cost of every group, a list of `GroupCost` aligned with `groups`.
+
+        FLOPs count multiply-adds as 2 and leave out elementwise work. Per example,
+        with F = 2 P |W| the forward FLOPs of a rule layer (P patch positions, |W|
+        its kernel entries), C its patch size and O its outputs:
+          dense chain   F, plus the recursion's 2 K O_{l+1} O_l to the layer above;
+          structured    F and the K probed backward passes through it, K F, plus K F
+                        to form per-example gradients when positions or groups > 1;
+          jacobian      F, K F backward and K F parameter gradients for a layer with
+                        a rule's shape, else 4 K S for its S parameters.
+        Per pair of examples (full; trace drops one factor K, see contract.py):
+        2 (C + K^2 O) for a factored group, 2 K^2 S for a per-example-gradient group.
+        """
+        k = self.num_outputs
+        chain = {r.name: i for i, r in enumerate(self.chain or ())}
+        rules = {r.name: r for r in self.rules}
+        k_pair = k * k if output != "trace" else k
+        out = []
+        for group in self.groups:
+            size = sum(math.prod(v.shape) for v in group.variables)
+            known = self._known.get(group.name)
+            forward = 2 * self._positions[group.name] * math.prod(known.layer.kernel.shape) if known else 0
+            if group.name in chain:
+                index = chain[group.name]
+                above = self.chain[index + 1].layer.kernel.shape if index + 1 < len(self.chain) else None
+                encode = forward + (2 * k * above[0] * above[1] if above is not None else 0)
+                method = "dense chain"
+            elif group.name in rules:
+                encode = forward * (1 + k) + (k * forward if group.kind == "gradient" else 0)
+                method = "structured" if group.kind == "factored" else "structured (gradients)"
+            else:
+                encode = forward * (1 + 2 * k) if known else 4 * k * size
+                method = "jacobian"
+            if group.kind == "factored":
+                rule = rules[group.name]
+                c, o = math.prod(rule.layer.kernel.shape[:-1]), rule.layer.kernel.shape[-1]
+                pair, factor = 2 * (c + k_pair * o), c + k * o
+            else:
+                pair, factor = 2 * k_pair * size, k * size
+            out.append(GroupCost(group.name, method, float(encode), float(pair), factor * itemsize))
+        return out
 
     def bytes_per_example(self, itemsize=4):
         """(factor bytes, working bytes) per example.

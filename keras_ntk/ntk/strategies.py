@@ -8,7 +8,13 @@ blocks of the requested output mode ("full" (n, m, K, K), "trace" (n, m),
                               every tile of that chunk;
   block(rows, cols, symmetric)  the block of two encoded chunks (cols is ignored for
                               "diagonal" and when `symmetric`, the block of rows with itself);
-  tile(x1, x2)                the block of raw inputs (one replica's share of the tiles).
+  tile(x1, x2)                the block of raw inputs (x2=None: of x1 with itself);
+                              traced as one function for a one-tile request, and one
+                              replica's share of the tiles;
+  prepare(x)                  the one-time check of TensorFlow's vectorization, run
+                              eagerly on x's first two examples before `tile` is traced;
+  costs(n, m, symmetric, rows, cols)  estimated FLOPs per parameter group of a request
+                              in rows x cols tiles (features.GroupCost).
 
 FactorStrategy ("structured", "jacobian"): per-example factors (features.FeatureMap)
 contracted into blocks (contract.py); memory O(factors) per example.
@@ -16,6 +22,7 @@ VectorProductStrategy ("ntk_vp"): NTK-vector products with basis vectors
 (vector_products.py); no Jacobian is stored, a block of m columns costs m K products.
 """
 
+import dataclasses
 import math
 import threading
 
@@ -69,11 +76,46 @@ class FactorStrategy:
     def block(self, rows, cols, symmetric):
         return self._contract(rows, None if symmetric else cols, symmetric)
 
-    def tile(self, x1, x2):
-        cols = None if self.output == "diagonal" else self.encode(x2)
-        return contract_lib.contract(
-            self.feature_map.groups, self.encode(x1), cols, self.output, self.dtype, self.per_layer
-        )
+    def tile(self, x1, x2=None):
+        """The block of x1 (n, ...) with x2 (m, ...), or with itself for x2=None; x1 and x2
+        are encoded as one batch (larger matmuls, one pass of the network's ops)."""
+        groups = self.feature_map.groups
+        if x2 is None or self.output == "diagonal":
+            symmetric = self.output != "diagonal"
+            return contract_lib.contract(
+                groups, self.encode(x1), None, self.output, self.dtype, self.per_layer, symmetric
+            )
+        n = tf.shape(x1)[0]
+        both = self.encode(tf.concat([x1, x2], axis=0))
+        rows = [tuple(t[:n] for t in f) for f in both]
+        cols = [tuple(t[n:] for t in f) for f in both]
+        return contract_lib.contract(groups, rows, cols, self.output, self.dtype, self.per_layer)
+
+    def prepare(self, x):
+        if not self.feature_map.checked:
+            self.feature_map(tf.constant(x[:2]))
+
+    def costs(self, n, m, symmetric, rows, cols):
+        """features.GroupCost of every group with `flops` for the whole request."""
+        chunk = -(-max(n, m) // max(rows, cols))
+        encodes, pairs = _counts(self.output, chunk, symmetric, rows, cols, self.num_outputs)
+        return [
+            dataclasses.replace(c, flops=encodes * c.encode_flops + pairs * c.pair_flops)
+            for c in self.feature_map.costs(self.output)
+        ]
+
+
+def _counts(output, chunk, symmetric, rows, cols, k):
+    """(examples encoded, example pairs contracted) of a request in rows x cols tiles
+    of `chunk` examples (encoded chunks kept for the request; see empirical.NTK)."""
+    if output == "diagonal":
+        return rows * chunk, rows * chunk
+    if not symmetric:
+        return (rows + cols) * chunk, rows * cols * chunk**2
+    r = k if output == "full" else 1
+    diagonal = contract_lib.PARTED_SHARE if chunk * r >= contract_lib.PARTED_MIN_ROWS else 1.0
+    off_diagonal = rows * (rows - 1) // 2
+    return rows * chunk, (off_diagonal + rows * diagonal) * chunk**2
 
 
 class VectorProductStrategy:
@@ -153,10 +195,23 @@ class VectorProductStrategy:
         params = sum(math.prod(v.shape) for v in self.model.trainable_variables)
         return 0, 4 * self.num_outputs * params * 4
 
+    def costs(self, n, m, symmetric, rows, cols):
+        """One features.GroupCost for all parameters: a block of a x b examples takes
+        b K products, each a forward, a JVP and a VJP over a examples, ~6 a P FLOPs."""
+        params = sum(math.prod(v.shape) for v in self.model.trainable_variables)
+        pairs = n if self.output == "diagonal" else (n * (n + 1) // 2 if symmetric else n * m)
+        flops = 6.0 * params * self.num_outputs * pairs
+        return [features_lib.GroupCost("all parameters", "ntk_vp", 0.0, flops / max(pairs, 1), 0, flops)]
+
+    def prepare(self, x):
+        if not self._checked:
+            self.block(tf.constant(x[:2]), None, True)
+
     def encode(self, x):
         return x
 
     def block(self, rows, cols, symmetric):
+        cols = rows if cols is None else cols
         raw = None
         if not self._checked:
             with self._check_lock:
@@ -172,5 +227,5 @@ class VectorProductStrategy:
             return tf.reduce_mean(tf.linalg.diag_part(out), axis=-1)
         return out
 
-    def tile(self, x1, x2):
-        return self.block(x1, x2, False)
+    def tile(self, x1, x2=None):
+        return self.block(x1, x2, x2 is None)
