@@ -284,6 +284,7 @@ class NTK:
         )
 
     # -- computation ----------------------------------------------------------
+    @tf.autograph.experimental.do_not_convert  # called from a caller's tf.function: plain Python
     def __call__(self, x1, x2=None):
         if self.output == "diagonal" and x2 is not None:
             raise ValueError("output='diagonal' pairs each example of x1 with itself; pass x2=None.")
@@ -296,9 +297,9 @@ class NTK:
         n, m = x1.shape[0], x2.shape[0]
         plan = self.plan(n, None if symmetric else m)
         with precision_lib.full_float32(self.precision):
+            self.strategy.prepare(x1)
             if plan.tiles > 1:
                 return self._tiled(x1, x2, plan)
-            self.strategy.prepare(x1)
             symmetric_tile, tile = self._one_tile
             block = symmetric_tile(tf.constant(x1)) if symmetric else tile(tf.constant(x1), tf.constant(x2))
             if self.progress:
@@ -309,11 +310,11 @@ class NTK:
         """The kernel traced into the caller's tf.function (one tile only)."""
         x1 = self._as_symbolic(x1, "x1")
         x2 = None if x2 is None else self._as_symbolic(x2, "x2")
-        with tf.init_scope():
-            shape = (2, *x1.shape[1:])
-            examples = np.random.default_rng(0).normal(size=shape).astype(x1.dtype.as_numpy_dtype)
-            self._prepare(examples)
-            plan = self.plan(x1.shape[0], None if x2 is None else x2.shape[0])
+        shape = (2, *x1.shape[1:])
+        examples = np.random.default_rng(0).normal(size=shape).astype(x1.dtype.as_numpy_dtype)
+        traced.eagerly(self._prepare, examples)
+        traced.eagerly(self.strategy.prepare, examples)
+        plan = self.plan(x1.shape[0], None if x2 is None else x2.shape[0])
         if plan.tiles > 1:
             raise ValueError(
                 f"This NTK request ({plan.n} x {plan.m} examples) needs {plan.tiles} tiles of "

@@ -131,8 +131,8 @@ class FeatureMap:
     vectorization (all but the chain's) once, as vectorization.py describes, on
     that call's first two examples: 2 m unvectorized backward passes and one
     float64 contraction of m examples, no extra trace. (A first call inside
-    someone else's tf.function checks on `example` instead, which traces the
-    factor function once more.) A group that fails is recomputed without
+    someone else's tf.function checks on `example` instead, eagerly in a fresh
+    thread (traced.eagerly), which traces the factor function once more.) A group that fails is recomputed without
     vectorization (a loop of K backward passes for rule layers, of n K for the
     Jacobian path; a RuntimeWarning names it) and checked again; if it still fails,
     ValueError names its layer. Later calls pay nothing.
@@ -213,8 +213,7 @@ class FeatureMap:
                 if not self._checked and tf.executing_eagerly():
                     return self._checked_call(tf.convert_to_tensor(x))
                 if not self._checked:
-                    with tf.init_scope():
-                        self._checked_call(tf.constant(self._example))
+                    traced.eagerly(lambda: self._checked_call(tf.constant(self._example)))
         return self._compiled(x)
 
     # -- the check of vectorized gradients -------------------------------------

@@ -97,25 +97,28 @@ class FactorStrategy:
 
     def costs(self, n, m, symmetric, rows, cols):
         """features.GroupCost of every group with `flops` for the whole request."""
-        chunk = -(-max(n, m) // max(rows, cols))
-        encodes, pairs = _counts(self.output, chunk, symmetric, rows, cols, self.num_outputs)
+        encodes, pairs = _counts(self.output, n, m, symmetric, rows, cols, self.num_outputs)
         return [
             dataclasses.replace(c, flops=encodes * c.encode_flops + pairs * c.pair_flops)
             for c in self.feature_map.costs(self.output)
         ]
 
 
-def _counts(output, chunk, symmetric, rows, cols, k):
-    """(examples encoded, example pairs contracted) of a request in rows x cols tiles
-    of `chunk` examples (encoded chunks kept for the request; see empirical.NTK)."""
+def _counts(output, n, m, symmetric, rows, cols, k):
+    """(examples encoded, example pairs contracted) of an n x m request in rows x cols
+    tiles, as empirical.NTK runs it: chunks padded to the tile size when there are
+    several, encoded chunks kept for the request."""
+    chunk = -(-max(n, m) // max(rows, cols))
+    n_rows = n if rows == 1 else rows * chunk
     if output == "diagonal":
-        return rows * chunk, rows * chunk
+        return n_rows, n_rows
     if not symmetric:
-        return (rows + cols) * chunk, rows * cols * chunk**2
+        m_cols = m if cols == 1 else cols * chunk
+        return n_rows + m_cols, n_rows * m_cols
+    size = min(n, chunk)
     r = k if output == "full" else 1
-    diagonal = contract_lib.PARTED_SHARE if chunk * r >= contract_lib.PARTED_MIN_ROWS else 1.0
-    off_diagonal = rows * (rows - 1) // 2
-    return rows * chunk, (off_diagonal + rows * diagonal) * chunk**2
+    share = contract_lib.PARTED_SHARE if size * r >= contract_lib.PARTED_MIN_ROWS else 1.0
+    return n_rows, (rows * (rows - 1) // 2 + rows * share) * size**2
 
 
 class VectorProductStrategy:
@@ -218,8 +221,7 @@ class VectorProductStrategy:
                 if not self._checked and tf.executing_eagerly():
                     raw = self._checked_raw(rows, cols, symmetric)
                 elif not self._checked:
-                    with tf.init_scope():
-                        self._checked_raw(rows, cols, False)
+                    traced.eagerly(self._checked_raw, rows, cols, False)
         if raw is None:
             raw = self._raw(rows, cols)
         out = tf.cast(raw, self.dtype)

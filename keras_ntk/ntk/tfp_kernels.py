@@ -131,7 +131,8 @@ class EmpiricalNTKKernel(tfp.math.psd_kernels.PositiveSemidefiniteKernel):
     `keras_ntk.empirical_ntk`, in float64: the per-output kernel for GP models
     with independent outputs. Inputs have shape (examples, *model input shape);
     feature_ndims is the rank of one model input. The kernel is evaluated by
-    the tiled engine on the host, so it runs eagerly, not inside tf.function.
+    the tiled engine: eagerly for any size, inside tf.function for inputs of
+    static shape that fit one tile (see `keras_ntk.NTK`).
 
     Args:
       model: a built Keras model with one output.
@@ -157,13 +158,13 @@ class EmpiricalNTKKernel(tfp.math.psd_kernels.PositiveSemidefiniteKernel):
         return {}
 
     def _matrix(self, x1, x2):
-        return self._scale * self._ntk(x1.numpy(), x2.numpy())
+        return self._scale * self._ntk(x1, x2)
 
     def _apply(self, x1, x2, example_ndims=0):
         shape = tf.broadcast_static_shape(x1.shape, x2.shape)
         a, b = tf.broadcast_to(x1, shape), tf.broadcast_to(x2, shape)
         features = a.shape[a.shape.rank - self.feature_ndims :]
-        flat_a = tf.reshape(a, (-1, *features)).numpy()
-        flat_b = tf.reshape(b, (-1, *features)).numpy()
+        flat_a = tf.reshape(a, (-1, *features))
+        flat_b = tf.reshape(b, (-1, *features))
         values = tf.linalg.diag_part(self._ntk(flat_a, flat_b))
         return self._scale * tf.reshape(values, a.shape[: a.shape.rank - self.feature_ndims])
