@@ -8,7 +8,10 @@ and imports only numpy, jax, neural_tangents and the stdlib:
 For every case and every implementation 1, 2, 3 (JACOBIAN_CONTRACTION,
 NTK_VECTOR_PRODUCTS, STRUCTURED_DERIVATIVES) the jitted
 ``nt.empirical_ntk_fn(apply_fn, trace_axes, vmap_axes=0, implementation=i)`` is
-warmed up once and then timed ``repeats`` times. Each (case, implementation)
+warmed up once and then timed ``repeats`` times (fewer, at least 3, when the
+case gives ``time_budget_s`` and the warm-up call shows they would exceed it;
+a case's ``implementations`` list restricts which run, ``timeout_s`` bounds
+each). Each (case, implementation)
 runs in a child process of its own, so ``max_rss_mb`` (the child's peak RSS,
 including the ~0.6 GB that importing neural_tangents/tensorflow costs, see
 ``rss_before_mb``) belongs to that implementation alone. Each child's address
@@ -130,7 +133,10 @@ def measure(case, implementation):
     kernel = jax.block_until_ready(kernel_fn(x1, x2, params))
     first_call = time.perf_counter() - start
     times = []
-    for _ in range(case.get("repeats", 5)):
+    repeats = case.get("repeats", 5)
+    if "time_budget_s" in case:  # slow implementations: fewer repeats, at least 3
+        repeats = max(3, min(repeats, int(case["time_budget_s"] / max(first_call, 1e-9))))
+    for _ in range(repeats):
         start = time.perf_counter()
         jax.block_until_ready(kernel_fn(x1, x2, params))
         times.append(time.perf_counter() - start)
@@ -140,6 +146,12 @@ def measure(case, implementation):
     return record, np.asarray(kernel, np.float32)
 
 
+def case_timeout_s(cases_path, index):
+    """A case's per-implementation timeout in seconds (its "timeout_s", default none)."""
+    with open(cases_path) as f:
+        return json.load(f)["cases"][int(index)].get("timeout_s")
+
+
 def _run_child(cases_path, index, implementation, tmp):
     """Measure one (case, implementation) in a fresh interpreter; return its record."""
     record_path = os.path.join(tmp, "record.json")
@@ -147,8 +159,11 @@ def _run_child(cases_path, index, implementation, tmp):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", cases_path, str(index),
            str(implementation), record_path, kernel_path]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True)
+    try:
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, timeout=case_timeout_s(cases_path, index))
+    except subprocess.TimeoutExpired as error:
+        return {"error": f"timeout after {error.timeout:.0f} s"}
     if proc.returncode < 0:
         return {"error": f"killed by signal {-proc.returncode} (out of memory?)"}
     if proc.returncode != 0:
@@ -166,6 +181,8 @@ def main(cases_path, out_path):
         impls, kernels = {}, {}
         with tempfile.TemporaryDirectory() as tmp:
             for i, name in IMPLEMENTATIONS.items():
+                if i not in case.get("implementations", IMPLEMENTATIONS):
+                    continue
                 rec = _run_child(cases_path, index, i, tmp)
                 impls[str(i)] = rec
                 if "error" in rec:

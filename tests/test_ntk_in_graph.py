@@ -152,3 +152,31 @@ def test_plan_of_a_cnn_names_each_layers_method_and_counts_its_gradients():
     forward = 2 * 25 * 3 * 3 * 3 * 3  # 25 positions, 3x3 kernel, 3 -> 3 channels
     assert conv.flops == 5 * (forward * (1 + 2 * 2)) + 6 * 2 * 2 * 2 * size
     assert {layer.method for layer in jacobian.plan(3, 2).layers} == {"jacobian"}
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_xla_compiled_kernel_equals_brute_force(symmetric):
+    model = _cnn()
+    x1, x2 = _data((4, 5, 5, 1), 10), _data((3, 5, 5, 1), 11)
+    ntk = keras_ntk.NTK(model, jit_compile=True)
+    kernel = ntk(x1) if symmetric else ntk(x1, x2)
+    again = ntk(x1) if symmetric else ntk(x1, x2)
+    reference = brute_force_ntk(model, np.concatenate([x1, x2]))
+    reference = reference[:4, :4] if symmetric else reference[:4, 4:]
+    assert_close(kernel.numpy(), reference)
+    assert_close(again.numpy(), reference)
+    assert ntk._one_tile is not ntk._plain_tiles
+
+
+def test_xla_kernel_that_disagrees_with_the_plain_one_is_refused():
+    model = _mlp()
+    x = _data((4, 5), 12)
+    ntk = keras_ntk.NTK(model, jit_compile=True)
+    ntk(x[:2])  # builds and checks the XLA path
+    ntk._xla_checked = False
+    wrong = tuple(lambda *args, f=f: f(*args) * 1.01 for f in ntk._one_tile)
+    ntk._one_tile = wrong
+    with pytest.warns(RuntimeWarning, match="XLA"):
+        kernel = ntk(x)
+    assert_close(kernel.numpy(), reduce_output(brute_force_ntk(model, x), "full"))
+    assert ntk._one_tile is ntk._plain_tiles
