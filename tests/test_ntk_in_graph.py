@@ -180,3 +180,45 @@ def test_xla_kernel_that_disagrees_with_the_plain_one_is_refused():
         kernel = ntk(x)
     assert_close(kernel.numpy(), reduce_output(brute_force_ntk(model, x), "full"))
     assert ntk._one_tile is ntk._plain_tiles
+
+
+def test_auto_times_both_paths_for_convolutions_and_keeps_the_faster(monkeypatch):
+    from keras_ntk.ntk import strategies
+
+    monkeypatch.setattr(strategies, "AUTO_MEASURE_FLOPS", 0)
+    model = _cnn()
+    x1, x2 = _data((5, 5, 5, 1), 13), _data((3, 5, 5, 1), 14)
+    ntk = keras_ntk.NTK(model)
+    kernel = ntk(x1, x2)
+    timings = ntk.strategy.timings
+    assert set(timings) == {"structured", "structured_dense"} and all(t > 0 for t in timings.values())
+    best = min(timings, key=timings.get)
+    plan = ntk.plan(5, 3)
+    assert plan.method.startswith(best + " (timed on 5 examples")
+    conv_methods = {layer.method for layer in plan.layers if "conv" in layer.name}
+    assert conv_methods == {"jacobian" if best == "structured_dense" else "structured (gradients)"}
+    readout = [layer.method for layer in plan.layers if "readout" in layer.name]
+    assert readout == ["dense chain" if best == "structured_dense" else "structured"]
+    reference = brute_force_ntk(model, np.concatenate([x1, x2]))[:5, 5:]
+    assert_close(kernel.numpy(), reference)
+
+
+@pytest.mark.parametrize("output", ["full", "trace"])
+def test_convolutions_on_the_jacobian_path_beside_dense_rules_equal_brute_force(output):
+    """The candidate method="auto" may pick: dense layers structured, convolutions by Jacobians."""
+    from keras_ntk.ntk import strategies
+
+    model = _cnn()
+    x = _data((4, 5, 5, 1), 15)
+    strategy = strategies.FactorStrategy(model, "structured_dense", output, tf.float32, False, x[:2])
+    strategy.prepare(x)
+    assert [r.name.rsplit("/", 1)[-1] for r in strategy.feature_map.rules] == ["readout"]
+    assert_close(strategy.tile(tf.constant(x)).numpy(), reduce_output(brute_force_ntk(model, x), output))
+
+
+def test_auto_keeps_structured_without_timing_for_small_requests_and_mlps():
+    cnn, mlp = keras_ntk.NTK(_cnn()), keras_ntk.NTK(_mlp())
+    cnn(_data((3, 5, 5, 1), 16))
+    mlp(_data((3, 5), 17))
+    assert cnn.strategy.choice.startswith("structured (planned") and cnn.strategy.timings == {}
+    assert mlp.strategy.choice == "structured (no convolution)"

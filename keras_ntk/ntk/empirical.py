@@ -45,7 +45,8 @@ class Plan:
       cache_factors: whether every chunk's factors are kept for the whole request
         (else those of the current row chunk only).
       memory_bytes: estimated peak memory of the call, result included.
-      layers: the strategy's per-group costs (strategies.GroupCost) for this
+      method: the strategy's method, and for method="auto" why it was chosen.
+      layers: the strategy's per-group costs (features.GroupCost) for this
         request: method, estimated FLOPs and factor bytes per example.
       flops: estimated floating-point operations of the whole request.
     """
@@ -57,6 +58,7 @@ class Plan:
     tiles: int
     cache_factors: bool
     memory_bytes: int
+    method: str
     layers: tuple
     flops: float
 
@@ -64,7 +66,7 @@ class Plan:
         lines = [
             f"{self.n} x {self.m} examples{' (x2=None)' if self.symmetric else ''}: "
             f"{self.tiles} tile(s) of {self.tile}, factors {'cached' if self.cache_factors else 'per row'}, "
-            f"~{memory.gib(self.memory_bytes)}, ~{self.flops / 1e9:.3g} GFLOP",
+            f"~{memory.gib(self.memory_bytes)}, ~{self.flops / 1e9:.3g} GFLOP; method {self.method}",
             f"  {'layer':<40} {'method':<24} {'GFLOP':>9} {'factor bytes/example':>21}",
         ]
         for layer in self.layers:
@@ -80,11 +82,14 @@ class NTK:
     Args:
       model: a built Keras model with one output tensor (K = flattened size).
       output: "full" | "trace" | "diagonal" (see module docstring).
-      method: "auto" (= "structured"), "structured" (per-layer rules for Dense
-        and Conv2D, keras_ntk's and Keras', grouped convolutions included,
-        Jacobians for other parameters), "jacobian" (per-example Jacobians of all
-        parameters) or "ntk_vp" (NTK-vector products with basis vectors; no
-        Jacobian stored). See strategies.py.
+      method: "auto" (structured rules for dense layers; for convolutions the
+        structured rule or the Jacobian path, whichever a timing on the first
+        request's examples finds faster when its planned work is large, see
+        strategies.auto_strategy; `plan()` shows the choice), "structured"
+        (per-layer rules for Dense and Conv2D, keras_ntk's and Keras', grouped
+        convolutions included, Jacobians for other parameters), "jacobian"
+        (per-example Jacobians of all parameters) or "ntk_vp" (NTK-vector products
+        with basis vectors; no Jacobian stored). See strategies.py.
       memory_budget: bytes the call may use, result included; default half the
         available memory (or KERAS_NTK_MEMORY_BUDGET).
       per_layer: return a dict layer path -> kernel whose values sum to the total.
@@ -149,7 +154,7 @@ class NTK:
             raise ValueError(f"precision must be one of {precision_lib.PRECISIONS}, got {precision!r}.")
         self.model = model
         self.output = output
-        self.method = "structured" if method == "auto" else method
+        self.method = method
         self.memory_budget = memory_budget
         self.per_layer = per_layer
         self.dtype = tf.as_dtype(dtype or tf.float32)
@@ -201,13 +206,16 @@ class NTK:
             )
         return x
 
-    def _prepare(self, x):
+    def _prepare(self, x, m=None):
+        """Build the strategy on the first request, x (n, ...) against m examples (None: x2=None)."""
         with self._lock:
             if self.strategy is not None:
                 return
             self._check_independent_examples(x)
             if self.method == "ntk_vp":
                 strategy = strategies.VectorProductStrategy(self.model, self.output, self.dtype, x[:2])
+            elif self.method == "auto":
+                strategy = strategies.auto_strategy(self.model, self.output, self.dtype, self.per_layer, x, m)
             else:
                 strategy = strategies.FactorStrategy(
                     self.model, self.method, self.output, self.dtype, self.per_layer, x[:2]
@@ -295,6 +303,7 @@ class NTK:
             tiles=tiles,
             cache_factors=cache,
             memory_bytes=used + ((n + m) * factor if cache else 2 * chunk * factor),
+            method=getattr(self.strategy, "choice", self.method),
             layers=layers,
             flops=float(sum(layer.flops for layer in layers)),
         )
@@ -309,7 +318,7 @@ class NTK:
         x1 = self._as_inputs(x1, "x1")
         symmetric = x2 is None
         x2 = x1 if symmetric else self._as_inputs(x2, "x2")
-        self._prepare(x1)
+        self._prepare(x1, None if symmetric else x2.shape[0])
         n, m = x1.shape[0], x2.shape[0]
         plan = self.plan(n, None if symmetric else m)
         with precision_lib.full_float32(self.precision):

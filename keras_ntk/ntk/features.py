@@ -110,8 +110,9 @@ class FeatureMap:
 
     Args:
       model: a built Keras model with one output tensor.
-      method: "structured" (rules where they exist, Jacobians for the rest) or
-        "jacobian" (Jacobians for all trainable variables).
+      method: "structured" (rules where they exist, Jacobians for the rest),
+        "structured_dense" (rules for dense layers only: convolutions take the
+        Jacobian path) or "jacobian" (Jacobians for all trainable variables).
       example: one or two input examples with their batch axis, (m, ...), used to
         find which rule layers the forward pass calls exactly once (and for the
         check below when the first call is traced).
@@ -147,7 +148,11 @@ class FeatureMap:
         known = rules_lib.find_rules(model, grouped=True)
         calls, self._positions, self.num_outputs = rules_lib.trace_calls(model, known, example[:1])
         self._known = {r.name: r for r in known if calls[r.name] == 1}
-        self.rules = list(self._known.values()) if method == "structured" else []
+        self.rules = [
+            r
+            for r in self._known.values()
+            if method == "structured" or (method == "structured_dense" and not r.is_conv())
+        ]
         self.chain = chain_lib.find(model, self.rules, example[:1])
         if self.chain is not None:
             self.rules = self.chain

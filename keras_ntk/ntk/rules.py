@@ -70,7 +70,7 @@ class LayerRule:
         out = [self.layer.kernel] if self.use_kernel else []
         return out + ([self.layer.bias] if self.use_bias else [])
 
-    def _is_conv(self):
+    def is_conv(self):
         return isinstance(self.layer, (ntk_layers.Conv2D, keras.layers.Conv2D))
 
     def linear(self, inputs, dtype=None):
@@ -82,7 +82,7 @@ class LayerRule:
         if dtype is not None:
             inputs, kernel = tf.cast(inputs, dtype), tf.cast(kernel, dtype)
             bias = None if bias is None else tf.cast(bias, dtype)
-        if not self._is_conv():
+        if not self.is_conv():
             z = ops.matmul(inputs, kernel)
         elif self.groups == 1:
             z = ops.conv(inputs, kernel, strides=layer.strides, padding=layer.padding)
@@ -106,7 +106,7 @@ class LayerRule:
         """Layer inputs as patches, (n, positions, C): C = kernel height * width * input
         channels (the rows of the flat kernel times G for a grouped convolution)."""
         n = tf.shape(inputs)[0]
-        if self._is_conv():
+        if self.is_conv():
             kh, kw = self.layer.kernel_size
             sh, sw = self.layer.strides
             inputs = tf.image.extract_patches(

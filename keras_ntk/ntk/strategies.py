@@ -25,6 +25,7 @@ VectorProductStrategy ("ntk_vp"): NTK-vector products with basis vectors
 import dataclasses
 import math
 import threading
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -42,12 +43,14 @@ class FactorStrategy:
 
     Args:
       model: a built Keras model with one output tensor.
-      method: "structured" or "jacobian" (see features.FeatureMap).
+      method: "structured", "structured_dense" or "jacobian" (see features.FeatureMap).
       output, dtype, per_layer: as for `NTK`.
       examples: (m, ...) with m = 1 or 2, for probing the model (features.FeatureMap;
         its first call checks the vectorized gradients and states the cost).
     Attributes:
       feature_map: the features.FeatureMap.
+      choice: the method, and for method="auto" why it was chosen (auto_strategy).
+      timings: seconds per candidate when method="auto" timed them, else {}.
       num_outputs: K.
       parts: number of Gram matrices summed per block (one per parameter group).
       names: number of kernels returned per call (1, or layers + 1 with per_layer).
@@ -55,6 +58,7 @@ class FactorStrategy:
 
     def __init__(self, model, method, output, dtype, per_layer, examples):
         self.output, self.dtype, self.per_layer = output, dtype, per_layer
+        self.choice, self.timings = method, {}
         self.feature_map = features_lib.FeatureMap(model, method, examples, dtype)
         self.num_outputs = self.feature_map.num_outputs
         groups = self.feature_map.groups
@@ -102,6 +106,64 @@ class FactorStrategy:
             dataclasses.replace(c, flops=encodes * c.encode_flops + pairs * c.pair_flops)
             for c in self.feature_map.costs(self.output)
         ]
+
+
+AUTO_MEASURE_FLOPS = 5e9  # planned work above which method="auto" times its candidates
+AUTO_EXAMPLES = 8
+
+
+def auto_strategy(model, output, dtype, per_layer, x, m):
+    """The FactorStrategy that method="auto" picks for a first request of x (n, ...)
+    against m examples (None: x2=None).
+
+    Dense layers always take their structured rule: its factors have C + K O
+    entries per example against K C O for a Jacobian. For convolutions both paths
+    form the same K per-example gradients at the same planned FLOPs (features.
+    FeatureMap.costs), and which is faster depends on TensorFlow's kernels for the
+    layer's shapes, so when the planned work of the request is at least
+    AUTO_MEASURE_FLOPS, both ("structured" and "structured_dense", whose
+    convolutions take the Jacobian path) are timed on the first AUTO_EXAMPLES
+    examples of x (traced, then the median of 3 calls) and the faster is kept;
+    smaller requests keep "structured". The strategy's `choice` says which and why.
+    """
+    structured = FactorStrategy(model, "structured", output, dtype, per_layer, x[:2])
+    if not any(rule.is_conv() for rule in structured.feature_map.rules):
+        structured.choice = "structured (no convolution)"
+        return structured
+    n = x.shape[0]
+    planned = sum(c.flops for c in structured.costs(n, n if m is None else m, m is None, 1, 1))
+    if planned < AUTO_MEASURE_FLOPS:
+        structured.choice = f"structured (planned {planned / 1e9:.2g} GFLOP, below the timing threshold)"
+        return structured
+    candidates = {
+        "structured": structured,
+        "structured_dense": FactorStrategy(model, "structured_dense", output, dtype, per_layer, x[:2]),
+    }
+    batch = tf.constant(x[:AUTO_EXAMPLES])
+    timings = {}
+    for name, candidate in candidates.items():
+        candidate.prepare(x)
+        tile = traced.per_object(lambda a, candidate=candidate: candidate.tile(a, None))
+        tile(batch)
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            _result_of(tile(batch))
+            times.append(time.perf_counter() - start)
+        timings[name] = float(np.median(times))
+    best = min(timings, key=timings.get)
+    chosen = candidates[best]
+    chosen.timings = timings
+    chosen.choice = f"{best} (timed on {batch.shape[0]} examples: " + ", ".join(
+        f"{name} {1e3 * t:.3g} ms" for name, t in timings.items()
+    ) + ")"
+    return chosen
+
+
+def _result_of(block):
+    """Wait for a block (tensor or dict of tensors) to be computed."""
+    for value in block.values() if isinstance(block, dict) else [block]:
+        value.numpy()
 
 
 def _counts(output, n, m, symmetric, rows, cols, k):
