@@ -222,3 +222,13 @@ def test_auto_keeps_structured_without_timing_for_small_requests_and_mlps():
     mlp(_data((3, 5), 17))
     assert cnn.strategy.choice.startswith("structured (planned") and cnn.strategy.timings == {}
     assert mlp.strategy.choice == "structured (no convolution)"
+
+
+def test_plan_before_the_first_call_probes_synthetic_inputs_and_the_call_agrees():
+    model = _mlp()
+    ntk = keras_ntk.NTK(model, memory_budget=30_000)
+    plan = ntk.plan(9, 7)
+    assert plan.tiles > 1 and plan.method == "structured (no convolution)"
+    x1, x2 = _data((9, 5), 18), _data((7, 5), 19)
+    assert_close(ntk(x1, x2).numpy(), brute_force_ntk(model, np.concatenate([x1, x2]))[:9, 9:])
+    assert ntk.plan(9, 7) == plan

@@ -206,8 +206,25 @@ class NTK:
             )
         return x
 
-    def _prepare(self, x, m=None):
-        """Build the strategy on the first request, x (n, ...) against m examples (None: x2=None)."""
+    def _synthetic(self, count, like=None):
+        """`count` standard normal inputs shaped like one example of `like` (default: of
+        the model's input), for probing and planning."""
+        expected = self._expected_shape()
+        if like is not None:
+            shape, dtype = tuple(like.shape[1:]), like.dtype
+        elif expected is not None and None not in expected[1:]:
+            shape, dtype = expected[1:], self.model.inputs[0].dtype
+        else:
+            raise ValueError(
+                f"Model {self.model.name!r} has no fixed input shape to probe it with: call the NTK "
+                "on a batch first."
+            )
+        values = np.random.default_rng(0).normal(size=(count, *shape))
+        return values.astype(tf.as_dtype(dtype).as_numpy_dtype)
+
+    def _prepare(self, x, n=None, m=None):
+        """Build the strategy for a first request of n examples (default len(x)) against m
+        (None: x2=None), x being its first examples."""
         with self._lock:
             if self.strategy is not None:
                 return
@@ -215,7 +232,9 @@ class NTK:
             if self.method == "ntk_vp":
                 strategy = strategies.VectorProductStrategy(self.model, self.output, self.dtype, x[:2])
             elif self.method == "auto":
-                strategy = strategies.auto_strategy(self.model, self.output, self.dtype, self.per_layer, x, m)
+                strategy = strategies.auto_strategy(
+                    self.model, self.output, self.dtype, self.per_layer, x, n or x.shape[0], m
+                )
             else:
                 strategy = strategies.FactorStrategy(
                     self.model, self.method, self.output, self.dtype, self.per_layer, x[:2]
@@ -261,10 +280,11 @@ class NTK:
     def plan(self, n, m=None):
         """The `Plan` of an n x m request (m=None: x2=None), or NTKMemoryError.
 
-        Available once the NTK has been called (it probes the model on the first call).
+        Before the first call this probes the model (and for method="auto" makes its
+        choice) on standard normal inputs of the model's input shape.
         """
         if self.strategy is None:
-            raise ValueError("plan() needs the model probed: call the NTK on a batch first.")
+            self._prepare(self._synthetic(max(2, min(n, strategies.AUTO_EXAMPLES))), n, m)
         symmetric = m is None or self.output == "diagonal"
         m = n if m is None else m
         budget = self.memory_budget or memory.default_budget()
@@ -318,7 +338,7 @@ class NTK:
         x1 = self._as_inputs(x1, "x1")
         symmetric = x2 is None
         x2 = x1 if symmetric else self._as_inputs(x2, "x2")
-        self._prepare(x1, None if symmetric else x2.shape[0])
+        self._prepare(x1, n=None, m=None if symmetric else x2.shape[0])
         n, m = x1.shape[0], x2.shape[0]
         plan = self.plan(n, None if symmetric else m)
         with precision_lib.full_float32(self.precision):
@@ -358,8 +378,7 @@ class NTK:
         """The kernel traced into the caller's tf.function (one tile only)."""
         x1 = self._as_symbolic(x1, "x1")
         x2 = None if x2 is None else self._as_symbolic(x2, "x2")
-        shape = (2, *x1.shape[1:])
-        examples = np.random.default_rng(0).normal(size=shape).astype(x1.dtype.as_numpy_dtype)
+        examples = self._synthetic(2, like=x1)
         traced.eagerly(self._prepare, examples)
         traced.eagerly(self.strategy.prepare, examples)
         plan = self.plan(x1.shape[0], None if x2 is None else x2.shape[0])

@@ -112,9 +112,9 @@ AUTO_MEASURE_FLOPS = 5e9  # planned work above which method="auto" times its can
 AUTO_EXAMPLES = 8
 
 
-def auto_strategy(model, output, dtype, per_layer, x, m):
-    """The FactorStrategy that method="auto" picks for a first request of x (n, ...)
-    against m examples (None: x2=None).
+def auto_strategy(model, output, dtype, per_layer, x, n, m):
+    """The FactorStrategy that method="auto" picks for a first request of n examples
+    against m (None: x2=None), x (>= 2, ...) being its first examples.
 
     Dense layers always take their structured rule: its factors have C + K O
     entries per example against K C O for a Jacobian. For convolutions both paths
@@ -130,7 +130,6 @@ def auto_strategy(model, output, dtype, per_layer, x, m):
     if not any(rule.is_conv() for rule in structured.feature_map.rules):
         structured.choice = "structured (no convolution)"
         return structured
-    n = x.shape[0]
     planned = sum(c.flops for c in structured.costs(n, n if m is None else m, m is None, 1, 1))
     if planned < AUTO_MEASURE_FLOPS:
         structured.choice = f"structured (planned {planned / 1e9:.2g} GFLOP, below the timing threshold)"
