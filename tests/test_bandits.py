@@ -162,6 +162,25 @@ def test_laplace_mean_and_variance_equal_a_dense_numpy_posterior(rule, encoding)
         np.testing.assert_allclose(scores, mean + 0.7 * std, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("structure", ["last_layer", "diag", "kron"])
+def test_the_online_evidence_tuning_equals_laplace_optimize_hyperparameters(structure):
+    """The compiled evidence of a retraining against keras_ntk.predictive.Laplace fitted
+    on the same rounds at the retrained weights and tuned by the same Adam steps."""
+    bandit = tiny_bandit()
+    agent, model, spec = tiny_agent(agents.LaplaceUCB(structure), bandit)
+    agent.play(bandit.contexts[:5], bandit.rewards[:5])
+    log = agent.retrain()
+    inputs = agent.history["inputs"].numpy()[:5]
+    rewards = agent.history["rewards"].numpy()[:5]
+    laplace = Laplace(model, "regression", structure=structure, prior_precision=1.0, noise_variance=0.25)
+    expected = laplace.fit((inputs, rewards[:, None])).optimize_hyperparameters(steps=5, learning_rate=0.1)
+    for key in ("prior_precision", "noise_variance", "log_marginal_likelihood"):
+        assert log[key] == pytest.approx(expected[key], rel=1e-5), key
+    assert (agent.prior_precision, agent.noise_variance) == (log["prior_precision"], log["noise_variance"])
+    untuned = laplace.log_marginal_likelihood(1.0, 0.25)
+    assert float(untuned) < expected["log_marginal_likelihood"]  # the steps climbed the evidence
+
+
 def test_theory_gamma_and_nu_equal_the_formulas_by_hand():
     constants = theory.TheoryConstants(width=64, depth=1, rounds=100, steps=10, lam=2.0, nu=0.5, delta=0.1,
                                        norm_bound=3.0, c1=1.0, c2=0.5, c3=2.0, eta=0.005)

@@ -147,27 +147,26 @@ class LaplaceUCB:
 
     def score(self, spec, weights, state, arms, t, seed):
         f, w = posterior.features(self.structure, spec, weights, state, arms)
-        mean, variance = posterior.predictive_variance(state, f, w)
+        terms = posterior.conditioning_terms(state, w)
+        mean, variance = posterior.predictive_variance(state, f, w, terms)
         std = tf.sqrt(variance)
-        return mean + state["exploration"] * std, {"f": f, "w": w, "bonus": std}
+        return mean + state["exploration"] * std, {"f": f, "w": w, "v": terms[0], "bonus": std}
 
     def update(self, spec, weights, state, arms, cache, action, reward, t):
-        posterior.condition(state, cache["w"][action], tf.cast(reward - cache["f"][action], F64))
+        posterior.condition(state, cache["w"][action], tf.cast(reward - cache["f"][action], F64),
+                            cache["v"][:, action])
 
     def regularization(self, agent):
         zeros = [tf.zeros_like(w) for w in agent.weights]
         return zeros, agent.parameter_decay(agent.noise_variance * agent.prior_precision)
 
     def after_training(self, agent):
-        count = agent.rounds_played
-        inputs = agent.history["inputs"].numpy()[:count]
-        rewards = agent.history["rewards"].numpy()[:count]
-        tuned = posterior.evidence(agent.model, self.structure, inputs, rewards, agent.prior_precision,
-                                   agent.noise_variance, agent.evidence_steps, agent.evidence_learning_rate,
-                                   agent.evidence_batch_size(count))
+        tuned, spectra = posterior.evidence(
+            self.structure, agent.spec, agent.weights, tf.convert_to_tensor(agent.history["inputs"]),
+            tf.convert_to_tensor(agent.history["rewards"]), agent.rounds_played, agent.prior_precision,
+            agent.noise_variance, agent.evidence_steps, agent.evidence_learning_rate)
         agent.prior_precision, agent.noise_variance = tuned["prior_precision"], tuned["noise_variance"]
-        refitted = posterior.refit(self.structure, agent.spec, agent.weights, agent.state,
-                                   tf.convert_to_tensor(agent.history["inputs"]), count, agent.prior_precision, agent.noise_variance)
+        refitted = posterior.refit(self.structure, agent.state, spectra, agent.prior_precision, agent.noise_variance)
         return {**tuned, **refitted}
 
 
@@ -182,11 +181,12 @@ class LaplaceTS(LaplaceUCB):
 
     def score(self, spec, weights, state, arms, t, seed):
         f, w = posterior.features(self.structure, spec, weights, state, arms)
-        mean, cov = posterior.predictive(state, f, w)
+        terms = posterior.conditioning_terms(state, w)
+        mean, cov = posterior.predictive(state, f, w, terms)
         eigenvalues, eigenvectors = tf.linalg.eigh(0.5 * (cov + tf.transpose(cov)))
         noise = tf.random.stateless_normal(tf.shape(mean), tf.stack([seed, t]), dtype=F64)
         draw = mean + tf.linalg.matvec(eigenvectors, tf.sqrt(tf.maximum(eigenvalues, 0.0)) * noise)
-        return draw, {"f": f, "w": w, "bonus": tf.sqrt(tf.maximum(tf.linalg.diag_part(cov), 0.0))}
+        return draw, {"f": f, "w": w, "v": terms[0], "bonus": tf.sqrt(tf.maximum(tf.linalg.diag_part(cov), 0.0))}
 
 
 RULES = {
@@ -230,7 +230,10 @@ def _compiled(rule, spec):
     def update(weights, state, arms, cache, action, reward, t):
         rule.update(spec, weights, state, arms, cache, action, reward, t)
 
-    return traced.per_object(play), traced.per_object(score), traced.per_object(update)
+    # The Laplace agents' cache holds the (rounds held, A) conditioning terms, whose
+    # length grows round by round: one shape-relaxed trace serves them all.
+    return (traced.per_object(play), traced.per_object(score, reduce_retracing=True),
+            traced.per_object(update, reduce_retracing=True))
 
 
 class Agent:
@@ -248,18 +251,16 @@ class Agent:
         agent's penalty m lambda).
       exploration: the constant gamma (UCB), nu (TS) or beta (Laplace UCB).
       prior_precision, noise_variance: the Laplace agents' starting delta and s^2.
-      evidence_steps, evidence_learning_rate: `Laplace.optimize_hyperparameters` at
-        each retraining.
+      evidence_steps, evidence_learning_rate: Adam steps on the Laplace evidence at
+        each retraining (`posterior.evidence`, the steps of `Laplace.optimize_hyperparameters`).
       exact_max_parameters: the largest P for which Z^-1 may be kept exactly.
-      evidence_max_rows: rows per batch of `Laplace.fit` (None: all rounds in one
-        batch; set it when the per-example Jacobians of all rounds do not fit in memory).
       seed: of the Thompson draws.
     """
 
     def __init__(self, rule, model, spec, rounds, retrain_every, *, steps=50, learning_rate=1e-2,
                  optimizer="adam", lam=1.0, exploration=1.0, prior_precision=1.0, noise_variance=0.25,
                  evidence_steps=20, evidence_learning_rate=0.1, exact_max_parameters=4096,
-                 evidence_max_rows=None, seed=0):
+                 seed=0):
         self.model, self.spec = model, spec
         self.weights = network.weights_of(model)
         self.parameters = network.parameter_count(model)
@@ -281,7 +282,6 @@ class Agent:
         self.lam, self.exploration = float(lam), float(exploration)
         self.prior_precision, self.noise_variance = float(prior_precision), float(noise_variance)
         self.evidence_steps, self.evidence_learning_rate = evidence_steps, evidence_learning_rate
-        self.evidence_max_rows = evidence_max_rows
         self.seed = int(seed)
         self.initial_weights = [tf.constant(w.numpy()) for w in self.weights]
         self.history = {
@@ -300,12 +300,6 @@ class Agent:
     def parameter_decay(self, value):
         """(L,) float32: the same penalty for every layer."""
         return tf.fill([len(self.weights) // 2], tf.cast(value, tf.float32))
-
-    def evidence_batch_size(self, count):
-        """Rows per Laplace.fit batch: all of them unless `evidence_max_rows` caps the batch."""
-        if self.evidence_max_rows is None:
-            return count
-        return max(1, min(count, self.evidence_max_rows))
 
     def _check_room(self, rounds):
         if self.rounds_played + rounds > self.rounds:
