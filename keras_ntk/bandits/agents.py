@@ -231,8 +231,9 @@ def _compiled(rule, spec):
         rule.update(spec, weights, state, arms, cache, action, reward, t)
 
     # The Laplace agents' cache holds the (rounds held, A) conditioning terms, whose
-    # length grows round by round: one shape-relaxed trace serves them all.
-    return (traced.per_object(play), traced.per_object(score, reduce_retracing=True),
+    # length grows round by round.
+    # Shape-relaxed traces: after a second width, one trace serves networks of every width.
+    return (traced.per_object(play, reduce_retracing=True), traced.per_object(score, reduce_retracing=True),
             traced.per_object(update, reduce_retracing=True))
 
 

@@ -81,7 +81,7 @@ def initial_state(structure, weights, capacity, prior_precision, noise_variance)
     scale = 1.0 / math.sqrt(prior_precision)
     state = {
         "noise_variance": _variable(noise_variance, F64),
-        "w": _variable(tf.zeros((capacity, feature_dim(structure, weights)), tf.float32)),
+        "w": _variable(tf.zeros((capacity, feature_dim(structure, weights)), F64)),  # float64: no cast per round
         "residual": _variable(tf.zeros(capacity, F64)),
         "chol_c": _variable(tf.eye(capacity, dtype=F64)),
         "count": _variable(0, tf.int32),
@@ -116,7 +116,7 @@ def conditioning_terms(state, w):
     held since the retraining, for whitened features w (n, R)."""
     held = state["count"]
     chol = state["chol_c"][:held, :held]
-    cross = tf.matmul(tf.cast(state["w"][:held], F64), tf.cast(w, F64), transpose_b=True)
+    cross = tf.matmul(state["w"][:held], tf.cast(w, F64), transpose_b=True)
     v = tf.linalg.triangular_solve(chol, cross, lower=True)
     alpha = tf.linalg.triangular_solve(chol, state["residual"][:held, None], lower=True)
     return v, alpha
@@ -158,7 +158,7 @@ def condition(state, w, residual, l=None):
                                   1e-12 * state["noise_variance"]))
     row = tf.concat([l, diagonal[None], tf.zeros([capacity - n - 1], F64)], axis=0)
     state["chol_c"].scatter_nd_update([[n]], row[None, :])
-    state["w"].scatter_nd_update([[n]], w[None, :])
+    state["w"].scatter_nd_update([[n]], w64[None, :])
     state["residual"].scatter_nd_update([[n]], tf.cast(residual, F64)[None])
     state["count"].assign_add(1)
 
@@ -249,7 +249,7 @@ def _compiled_evidence(structure, spec):
         delta, noise = tf.exp(log_delta), tf.exp(log_noise)
         return delta, noise, log_evidence(structure, spectra, sse, theta_sq, count, delta, noise), spectra
 
-    return traced.per_object(tune)
+    return traced.per_object(tune, reduce_retracing=True)
 
 
 def evidence(structure, spec, weights, inputs, rewards, count, prior_precision, noise_variance, steps,
