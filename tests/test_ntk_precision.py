@@ -103,7 +103,7 @@ def test_unknown_precision_is_refused():
         keras_ntk.NTK(keras_ntk.models.mlp(4, 1, 1, input_shape=(2,)), precision="tf32")
 
 
-@pytest.mark.skipif(not tf.config.list_physical_devices("GPU"), reason="needs a GPU (runs where one is present)")
+@pytest.mark.gpu
 def test_gpu_float32_kernel_matches_float64_with_tf32_enabled(tf32_on):
     """On a GPU with TF32 on globally, the float32 kernel agrees with float64 to 1e-5."""
     keras.utils.set_random_seed(1)
