@@ -214,8 +214,8 @@ def _round(rule, spec, weights, state, history, arms, rewards, t, seed):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(rule, spec):
-    """(play, score, update) of a rule for networks of `spec`, as tf.functions."""
+def _compiled(rule, spec, shapes):
+    """(play, score, update) of a rule for networks of `spec` with weights of `shapes`, as tf.functions."""
 
     def play(weights, state, history, contexts, rewards, first, seed):
         actions = tf.TensorArray(tf.int32, size=tf.shape(contexts)[0])
@@ -231,9 +231,10 @@ def _compiled(rule, spec):
         rule.update(spec, weights, state, arms, cache, action, reward, t)
 
     # The Laplace agents' cache holds the (rounds held, A) conditioning terms, whose
-    # length grows round by round.
-    # Shape-relaxed traces: after a second width, one trace serves networks of every width.
-    return (traced.per_object(play, reduce_retracing=True), traced.per_object(score, reduce_retracing=True),
+    # length grows round by round: score and update relax that length. Only that:
+    # `shapes` keys the functions on the weights' shapes, because a trace relaxed
+    # over variables of other shapes keeps the static shapes of the first ones.
+    return (traced.per_object(play), traced.per_object(score, reduce_retracing=True),
             traced.per_object(update, reduce_retracing=True))
 
 
@@ -291,7 +292,7 @@ class Agent:
         }
         self.rounds_played = 0
         self.state = rule.initial_state(self)
-        self._play, self._score, self._update = _compiled(rule, spec)
+        self._play, self._score, self._update = _compiled(rule, spec, tuple(tuple(w.shape) for w in self.weights))
         self._pending = None
 
     @property

@@ -249,7 +249,7 @@ def _compiled_evidence(structure, spec):
         delta, noise = tf.exp(log_delta), tf.exp(log_noise)
         return delta, noise, log_evidence(structure, spectra, sse, theta_sq, count, delta, noise), spectra
 
-    return traced.per_object(tune, reduce_retracing=True)
+    return traced.per_object(tune)
 
 
 def evidence(structure, spec, weights, inputs, rewards, count, prior_precision, noise_variance, steps,

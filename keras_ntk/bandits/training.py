@@ -53,7 +53,7 @@ def _compiled_train(spec, optimizer):
                     w.assign_sub(rate * m / (tf.sqrt(v) + _EPSILON))
         return _objective(spec, weights, anchors, decay, inputs, rewards, mask)
 
-    return traced.per_object(train, reduce_retracing=True)  # one trace serves networks of every width
+    return traced.per_object(train)
 
 
 def train(spec, weights, anchors, decay, inputs, rewards, count, *, steps, learning_rate, optimizer="adam"):
