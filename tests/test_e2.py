@@ -105,6 +105,7 @@ def test_a_run_matches_an_independent_computation_of_its_numbers():
         assert curve["steps_to_threshold"] == (reached[0] if reached else None)
 
 
+@pytest.mark.slow  # 20 s through the command; test_a_run_matches_an_independent_computation_of_its_numbers stays in make test
 def test_command_runs_e2_resumes_and_reports_a_finding_computed_from_the_records(tmp_path):
     overrides = {**TINY, "mlp_widths": "8,16", "ngd_steps": "2", "gd_steps": "4", "adam_steps": "4"}
     arguments = ["run", "E2", "--out", str(tmp_path)] + [

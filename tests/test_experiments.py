@@ -73,6 +73,7 @@ def _tiny_e5_arguments(out):
     ]
 
 
+@pytest.mark.slow  # 30 s: a subprocess sweep killed and resumed; the in-process reuse check (test_sweep_computes_only_missing_runs...) stays in make test
 def test_killed_sweep_resumes_without_recomputing_or_losing_runs(tmp_path):
     runs = tmp_path / "E5" / "runs"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")

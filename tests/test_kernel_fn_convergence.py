@@ -122,7 +122,11 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize(
+    "name",
+    # the residual WideResNet-like case costs 13 s: make test-slow runs it, make test the others
+    [pytest.param(name, marks=pytest.mark.slow) if name.startswith("residual") else name for name in sorted(MODELS)],
+)
 def test_seed_averaged_empirical_ntk_converges_to_the_limit(name):
     """Error below 2 / sqrt(width) at widths 16, 64, 256 (4 seeds), falling with width."""
     build, shape = MODELS[name]

@@ -82,7 +82,7 @@ def test_save_and_safe_load_round_trip_gives_identical_outputs(tmp_path):
         assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("jit_compile", [False, pytest.param(True, marks=pytest.mark.slow)])  # XLA compile: 9 s
 def test_fit_lowers_the_loss(jit_compile):
     keras.utils.set_random_seed(0)
     x = rng.normal(size=(64, 4, 4, 2)).astype(np.float32)

@@ -37,6 +37,7 @@ def _run(capsys, *argv):
     return code, out.out, out.err
 
 
+@pytest.mark.slow  # 15 s of real processes; the servicer, client and export tests stay in make test
 def test_export_serve_query_and_sigterm(tmp_path, capsys):
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
