@@ -58,7 +58,9 @@ def _gram(rows1, rows2, coef):
     """c * Gram of rows1 (n, r, P) and rows2 (m, r, P), coef (n, m) or None: (n, r, m, r)."""
     n, r, p = tf.shape(rows1)[0], tf.shape(rows1)[1], tf.shape(rows1)[2]
     m = tf.shape(rows2)[0]
-    gram = tf.matmul(tf.reshape(rows1, (-1, p)), tf.reshape(rows2, (-1, p)), transpose_b=True)
+    # einsum rather than matmul(..., transpose_b=True): 7% faster per tile with x2 given
+    # (benchmarks/ntk_bench.py, MLP full), the same for x2=None
+    gram = tf.einsum("ip,jp->ij", tf.reshape(rows1, (-1, p)), tf.reshape(rows2, (-1, p)))
     gram = tf.reshape(gram, (n, r, m, r))
     return gram if coef is None else gram * coef[:, None, :, None]
 
