@@ -173,7 +173,7 @@ def run_neural_tangents(nt_python, case_names, repeats, workdir, implementations
                 "architecture": {**case["architecture"], "activation": "relu", "w_std": W_STD, "b_std": B_STD},
                 "params": str(params), "x1": str(paths[1]),
                 "x2": str(paths[2]) if x2_mode == "given" else None,
-                "output": case["output"], "repeats": repeats, "time_budget_s": 20, "timeout_s": 300,
+                "output": case["output"], "repeats": repeats, "time_budget_s": 20, "timeout_s": 60,
                 "implementations": implementations,
                 "kernel_out": str(workdir / f"{name}_{x2_mode}_nt_kernels.npz"),
             })

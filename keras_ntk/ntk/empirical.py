@@ -11,6 +11,7 @@ blocks themselves come from its strategy (strategies.py): per-example factors
 
 import dataclasses
 import threading
+import typing
 import warnings
 import weakref
 
@@ -74,6 +75,18 @@ class Plan:
                 f"  {layer.name:<40} {layer.method:<24} {layer.flops / 1e9:>9.4f} {layer.factor_bytes:>21,}"
             )
         return "\n".join(lines)
+
+
+class _Tiling(typing.NamedTuple):
+    n: int
+    m: int
+    symmetric: bool
+    chunk: int
+    rows: int
+    cols: int
+    tiles: int
+    cache: bool
+    memory_bytes: int
 
 
 class NTK:
@@ -285,6 +298,23 @@ class NTK:
         """
         if self.strategy is None:
             self._prepare(self._synthetic(max(2, min(n, strategies.AUTO_EXAMPLES))), n, m)
+        tiling = self._tiling(n, m)
+        layers = tuple(self.strategy.costs(tiling.n, tiling.m, tiling.symmetric, tiling.rows, tiling.cols))
+        return Plan(
+            n=tiling.n,
+            m=tiling.m,
+            symmetric=tiling.symmetric,
+            tile=tiling.chunk,
+            tiles=tiling.tiles,
+            cache_factors=tiling.cache,
+            memory_bytes=tiling.memory_bytes,
+            method=getattr(self.strategy, "choice", self.method),
+            layers=layers,
+            flops=float(sum(layer.flops for layer in layers)),
+        )
+
+    def _tiling(self, n, m):
+        """The `_Tiling` of an n x m request (m=None: x2=None) within the memory budget."""
         symmetric = m is None or self.output == "diagonal"
         m = n if m is None else m
         budget = self.memory_budget or memory.default_budget()
@@ -314,19 +344,8 @@ class NTK:
             tiles = rows * (rows + 1) // 2
         else:
             tiles = rows * cols
-        layers = tuple(self.strategy.costs(n, m, symmetric, rows, cols))
-        return Plan(
-            n=n,
-            m=m,
-            symmetric=symmetric,
-            tile=chunk,
-            tiles=tiles,
-            cache_factors=cache,
-            memory_bytes=used + ((n + m) * factor if cache else 2 * chunk * factor),
-            method=getattr(self.strategy, "choice", self.method),
-            layers=layers,
-            flops=float(sum(layer.flops for layer in layers)),
-        )
+        held = (n + m) * factor if cache else 2 * chunk * factor
+        return _Tiling(n, m, symmetric, chunk, rows, cols, tiles, cache, used + held)
 
     # -- computation ----------------------------------------------------------
     @tf.autograph.experimental.do_not_convert  # called from a caller's tf.function: plain Python
@@ -340,11 +359,11 @@ class NTK:
         x2 = x1 if symmetric else self._as_inputs(x2, "x2")
         self._prepare(x1, n=None, m=None if symmetric else x2.shape[0])
         n, m = x1.shape[0], x2.shape[0]
-        plan = self.plan(n, None if symmetric else m)
+        tiling = self._tiling(n, None if symmetric else m)
         with precision_lib.full_float32(self.precision):
             self.strategy.prepare(x1)
-            if plan.tiles > 1:
-                return self._tiled(x1, x2, plan)
+            if tiling.tiles > 1:
+                return self._tiled(x1, x2, tiling)
             args = (tf.constant(x1),) if symmetric else (tf.constant(x1), tf.constant(x2))
             block = self._one_tile[len(args) - 1](*args)
             if self.jit_compile and not self._xla_checked:
@@ -381,18 +400,18 @@ class NTK:
         examples = self._synthetic(2, like=x1)
         traced.eagerly(self._prepare, examples)
         traced.eagerly(self.strategy.prepare, examples)
-        plan = self.plan(x1.shape[0], None if x2 is None else x2.shape[0])
-        if plan.tiles > 1:
+        tiling = self._tiling(x1.shape[0], None if x2 is None else x2.shape[0])
+        if tiling.tiles > 1:
             raise ValueError(
-                f"This NTK request ({plan.n} x {plan.m} examples) needs {plan.tiles} tiles of "
-                f"{plan.tile} within memory_budget, and inside tf.function the NTK computes "
+                f"This NTK request ({tiling.n} x {tiling.m} examples) needs {tiling.tiles} tiles of "
+                f"{tiling.chunk} within memory_budget, and inside tf.function the NTK computes "
                 "one tile only. Call it eagerly (it assembles the tiles), request fewer "
                 "examples, or raise memory_budget if the machine has the memory."
             )
         return self.strategy.tile(x1, x2)
 
-    def _tiled(self, x1, x2, plan):
-        chunk, symmetric = plan.tile, plan.symmetric
+    def _tiled(self, x1, x2, tiling):
+        chunk, symmetric = tiling.chunk, tiling.symmetric
         row_chunks = _chunks(x1, chunk)
         col_chunks = row_chunks if symmetric else _chunks(x2, chunk)
         if self.output == "diagonal":
@@ -407,7 +426,7 @@ class NTK:
         if len(devices) > 1 and len(pairs) > 1:
             blocks = self._distributed_blocks(devices, row_chunks, col_chunks, pairs)
         else:
-            blocks = self._local_blocks(row_chunks, col_chunks, pairs, symmetric, plan.cache_factors)
+            blocks = self._local_blocks(row_chunks, col_chunks, pairs, symmetric, tiling.cache)
         done = {}
         for t, (pair, block) in enumerate(blocks):
             done[pair] = block if isinstance(block, dict) else {None: block}

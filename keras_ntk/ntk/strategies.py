@@ -59,6 +59,7 @@ class FactorStrategy:
     def __init__(self, model, method, output, dtype, per_layer, examples):
         self.output, self.dtype, self.per_layer = output, dtype, per_layer
         self.choice, self.timings = method, {}
+        self._bytes = None
         self.feature_map = features_lib.FeatureMap(model, method, examples, dtype)
         self.num_outputs = self.feature_map.num_outputs
         groups = self.feature_map.groups
@@ -72,7 +73,9 @@ class FactorStrategy:
         )
     def bytes_per_example(self):
         """(bytes kept per encoded example, working bytes per example while encoding)."""
-        return self.feature_map.bytes_per_example(4)
+        if self._bytes is None:
+            self._bytes = self.feature_map.bytes_per_example(4)
+        return self._bytes
 
     def encode(self, x):
         return self.feature_map(x)
