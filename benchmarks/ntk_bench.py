@@ -183,6 +183,15 @@ def run_neural_tangents(nt_python, case_names, repeats, workdir, implementations
     return json.loads(out_path.read_text())
 
 
+def _failure(error):
+    """A short label for a failed neural-tangents run."""
+    if error.startswith("timeout"):
+        return "timeout"
+    if "RESOURCE_EXHAUSTED" in error or "Out of memory" in error or "XlaRuntimeError" in error:
+        return "OOM"
+    return "failed"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=DEFAULT_CASES)
@@ -229,20 +238,20 @@ def main(argv=None):
     implementations = [int(i) for i in args.nt_implementations.split(",")]
     nt = run_neural_tangents(args.nt_python, case_names, args.repeats, workdir, implementations)
     print(f"\nneural-tangents {nt['versions'].get('neural_tangents')} (jax {nt['versions'].get('jax')})")
-    print(f"{'case':<10}{'x2':<7}{'NT impl: median ms':<34}{'method':<16}{'ours ms':>9}{'ours/NT':>9}{'target':>8}"
+    print(f"{'case':<10}{'x2':<7}{'NT impl: median ms':<38}{'method':<16}{'ours ms':>9}{'ours/NT':>9}{'target':>8}"
           f"{'share':>7}{'target':>8}{'max rel diff':>14}")
     for entry in nt["cases"]:
         name, x2_mode = entry["name"].split("/")
         timings = {impl: r["median_s"] for impl, r in entry["implementations"].items() if "median_s" in r}
         listed = ", ".join(
-            f"{impl}: {1e3 * r['median_s']:.1f}" if "median_s" in r else f"{impl}: {r['error'][:12]}"
+            f"{impl}: {1e3 * r['median_s']:.1f}" if "median_s" in r else f"{impl}: {_failure(r['error'])}"
             for impl, r in entry["implementations"].items()
         )
         kernels = np.load(workdir / f"{name}_{x2_mode}_nt_kernels.npz")
         for method in methods:
             ours = results.get((name, x2_mode, method), {})
             if not timings or "median_s" not in ours:
-                print(f"{name:<10}{x2_mode:<7}{listed:<34}  {method}: no ratio")
+                print(f"{name:<10}{x2_mode:<7}{listed:<38}  {method}: no ratio")
                 continue
             fastest = min(timings, key=timings.get)
             ratio = ours["median_s"] / timings[fastest]
@@ -254,7 +263,7 @@ def main(argv=None):
             share_text = f"{share_target:.0%}" if share_target else "-"
             met = ratio <= target and (share_target is None or share >= share_target)
             print(
-                f"{name:<10}{x2_mode:<7}{listed:<34}{method:<16}{1e3 * ours['median_s']:>9.2f}{ratio:>8.2f}x"
+                f"{name:<10}{x2_mode:<7}{listed:<38}{method:<16}{1e3 * ours['median_s']:>9.2f}{ratio:>8.2f}x"
                 f"{target:>7.2f}x{share:>7.0%}{share_text:>8}{diff:>14.1e}  {'met' if met else 'NOT MET'}"
             )
     return 0
