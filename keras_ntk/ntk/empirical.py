@@ -115,7 +115,8 @@ class NTK:
         precision.py; the setting is restored afterwards); "default": under that
         setting (TF32 on Ampere and newer GPUs unless turned off, ~1e-3 relative).
       jit_compile: compile one-tile requests with XLA (tf.function(jit_compile=True)):
-        measured 15-20% faster on an MLP on 2 CPU cores, but XLA compiles once per
+        measured 1.4x faster on an MLP's full kernel on 2 CPU cores but slower on its
+        trace kernel and on a CNN (benchmarks/README.md), and XLA compiles once per
         distinct (n, m), ~1 s each, so it pays where the same shapes recur (a
         prediction loop at a fixed batch size). The first call checks the XLA
         kernel against the plain one (relative 1e-5 in float32) and falls back to the
